@@ -1,0 +1,1 @@
+"""Backend plugins: one module per vendor, the only place vendor APIs appear."""

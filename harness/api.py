@@ -1,0 +1,221 @@
+"""The two plugin contracts (Backend, Workload) and the plain data they exchange.
+
+Backends own everything vendor-specific; workloads own model, data and metric; the
+runner owns the loop and the clock. Nothing here imports a vendor module.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
+
+import torch
+
+from harness.errors import UsageError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODES = ("eager", "lazy", "compile")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Whether a backend can run here, and if not, why (one line a user can act on)."""
+
+    available: bool
+    reason: str = ""
+    device_count: int = 0
+    device_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports; the host validates a run's mode/precision against it."""
+
+    precisions: tuple[str, ...] = ("fp32",)
+    modes: tuple[str, ...] = ("eager",)
+    default_mode: str = "eager"
+    # Precisions that need a GradScaler (fp16 almost everywhere).
+    scaled_precisions: tuple[str, ...] = ()
+    dist_backend: str = "gloo"
+    # Reasons shown when a precision or mode is refused, keyed by its name.
+    why_not: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # (mode, precision) pairs that are refused even though each is supported alone.
+    invalid_pairs: Mapping[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class MemoryStats:
+    """Peak memory of a run window. None where the backend cannot know."""
+
+    device_peak_allocated_bytes: int | None = None
+    device_peak_reserved_bytes: int | None = None
+    host_peak_rss_bytes: int | None = None
+    source: str = ""
+
+
+class Backend(ABC):
+    """One accelerator family. Vendor modules are imported lazily, inside methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # torch device type string ("cpu", "cuda", "npu", "hpu").
+    device_type: ClassVar[str]
+
+    def __init__(self, mode: str = "", emulated: bool = False) -> None:
+        self.mode = mode or self.capabilities.default_mode
+        self.emulated = emulated
+        self.device: torch.device | None = None
+
+    # -- discovery and validation (classmethods: no instance, no side effects) --
+    @classmethod
+    @abstractmethod
+    def probe(cls) -> Probe:
+        """Import the vendor module and count devices; never raise."""
+
+    @classmethod
+    def validate(cls, mode: str, precision: str) -> None:
+        """Refuse a mode/precision this backend cannot run, with the reason."""
+        caps = cls.capabilities
+        if mode not in caps.modes:
+            why = caps.why_not.get(mode, "")
+            raise UsageError(
+                f"backend {cls.name} does not support mode '{mode}'"
+                f"{': ' + why if why else ''} (supported: {', '.join(caps.modes)})"
+            )
+        if precision not in caps.precisions:
+            why = caps.why_not.get(precision, "")
+            raise UsageError(
+                f"backend {cls.name} does not support precision '{precision}'"
+                f"{': ' + why if why else ''} (supported: {', '.join(caps.precisions)})"
+            )
+        why_pair = caps.invalid_pairs.get((mode, precision))
+        if why_pair:
+            raise UsageError(f"backend {cls.name}: mode {mode} with {precision}: {why_pair}")
+
+    @classmethod
+    def environment(cls, mode: str) -> dict[str, str]:
+        """Variables to set before the vendor runtime is imported (e.g. PT_HPU_LAZY_MODE)."""
+        return {}
+
+    # -- per-run life cycle --
+    @abstractmethod
+    def setup(self, local_rank: int = 0) -> torch.device:
+        """Select the device for this process and return it."""
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def deterministic(self) -> None:
+        """Backend-specific determinism switches (cudnn flags, workspace config)."""
+
+    def autocast(self, precision: str) -> contextlib.AbstractContextManager[Any]:
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=AUTOCAST_DTYPES[precision])
+
+    def grad_scaler(self, precision: str) -> Any | None:
+        """A GradScaler for precisions that need one, else None."""
+        return None
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Mode-specific model preparation (torch.compile, graph wrapping)."""
+        return model
+
+    def after_backward(self) -> None:
+        """Called after each backward (HPU lazy flushes its graph here)."""
+
+    def after_optimizer_step(self) -> None:
+        """Called after each optimizer step."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Wait for all queued device work; called at timing window boundaries only."""
+
+    def reset_peak_memory(self) -> None:
+        pass
+
+    def memory(self) -> MemoryStats:
+        return MemoryStats()
+
+    @contextlib.contextmanager
+    def trace(self, name: str) -> Iterator[None]:
+        """A named range for the vendor profiler (nvtx, mstx, record_function)."""
+        with torch.autograd.profiler.record_function(name):
+            yield
+
+    def describe(self) -> dict[str, Any]:
+        """Device, driver and runtime versions for the record's env."""
+        return {}
+
+    def fallback_report(self) -> list[str]:
+        """Ops that fell back to the CPU, where the vendor makes that knowable."""
+        return []
+
+    def close(self) -> None:
+        """Release anything setup() acquired (warning filters, profilers)."""
+
+
+@dataclasses.dataclass
+class Datasets:
+    """What a workload's data amounts to: the two splits and how to batch them."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    collate: Any = None  # collate_fn for both loaders; None means torch's default
+    source: str = ""  # where it came from (a path, or "synthetic:<cache dir>")
+
+
+class Workload(ABC):
+    """A model with its data, loss and official metric. Device-agnostic code only."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type]  # a frozen dataclass
+    # metric name -> "higher" or "lower" (which direction is better)
+    metrics: ClassVar[Mapping[str, str]] = {}
+    primary_metric: ClassVar[str] = ""
+    # Importable modules this workload needs beyond the core, and the extra providing them.
+    requires: ClassVar[Sequence[str]] = ()
+    extra: ClassVar[str] = ""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    @abstractmethod
+    def presets(cls) -> dict[str, Any]:
+        """At least "smoke" (2 CPU cores, minutes, synthetic data) and "full" (published)."""
+
+    @abstractmethod
+    def datasets(self, data_root: Path | None, cache_dir: Path) -> Datasets:
+        """Real-format readers; with no data_root, write synthetic data to cache_dir first."""
+
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer: ...
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:
+        return None
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Named loss terms as the original logs them; the harness sums them."""
+
+    @abstractmethod
+    def predict(self, model: torch.nn.Module, batch: Any) -> list[Any]:
+        """Predictions for one eval batch, moved to the CPU, ready for evaluate()."""
+
+    @abstractmethod
+    def evaluate(self, predictions: list[Any]) -> dict[str, float]:
+        """The official metric over all predictions of the val split."""
+
+    def samples(self, batch: Any) -> int:
+        """What FPS counts in a batch (images, multi-camera frames); no device sync."""
+        first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
+        return int(first.shape[0])

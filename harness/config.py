@@ -1,0 +1,140 @@
+"""RunConfig (frozen) and `--set key=value` overrides typed by the target field.
+
+Overrides work like the seeds' `--cfg-options`: dotted keys reach nested dataclasses,
+values are parsed by the field's annotated type, an unknown key lists the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+from harness.errors import UsageError
+
+# Fields every workload Config is expected to have; the runner reads them with getattr.
+WORKLOAD_RUN_FIELDS = ("batch_size", "eval_batch_size", "steps", "grad_clip", "num_workers")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    workload: str
+    backend: str = "cpu"
+    mode: str = ""  # "" = the backend's default mode
+    precision: str = "fp32"
+    scale: str = "smoke"
+    data: Path | None = None
+    steps: int | None = None  # optimizer steps; None = the preset's
+    epochs: float | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    grad_accum: int = 1
+    log_interval: int = 10
+    eval_interval: int = 0  # 0 = evaluate once, at the end
+    warmup_steps: int | None = None  # not timed; None = min(10, steps // 5)
+    seed: int = 0
+    deterministic: bool = False
+    overrides: tuple[str, ...] = ()
+    out: Path | None = None
+    cache_dir: Path | None = None
+    num_workers: int | None = None
+    emulate: bool = False
+    deepspeed: str | None = None  # "" = build a config from the run options
+    eval: bool = True
+    checkpoint: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def parse_value(text: str, tp: Any, key: str) -> Any:
+    """Parse `text` as a value of annotated type `tp`; raise UsageError naming `key`."""
+    tp, optional = _strip_optional(tp)
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {text!r}")
+        if tp in (int, float, str):
+            return tp(text)
+        if tp is Path:
+            return Path(text)
+        if origin is tuple:
+            args = typing.get_args(tp)
+            items = [t for t in text.strip("()[] ").split(",") if t.strip()]
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(parse_value(t.strip(), args[0], key) for t in items)
+            if len(args) != len(items):
+                raise ValueError(f"expected {len(args)} comma-separated values")
+            return tuple(parse_value(t.strip(), a, key) for t, a in zip(items, args))
+        if typing.get_origin(tp) is typing.Literal:
+            choices = typing.get_args(tp)
+            if text not in choices:
+                raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+            return text
+    except ValueError as exc:
+        raise UsageError(f"--set {key}={text}: {exc}") from None
+    raise UsageError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def apply_overrides(obj: Any, overrides: Sequence[str]) -> Any:
+    """Return a copy of dataclass `obj` with each "a.b=value" override applied."""
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        obj = _set_path(obj, key.strip().split("."), text.strip(), key.strip())
+    return obj
+
+
+def _set_path(obj: Any, path: list[str], text: str, full_key: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        raise UsageError(
+            f"--set {full_key}: unknown key '{name}' for {type(obj).__name__} "
+            f"(valid: {', '.join(sorted(fields))})"
+        )
+    current = getattr(obj, name)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise UsageError(f"--set {full_key}: '{name}' has no sub-keys")
+        return dataclasses.replace(obj, **{name: _set_path(current, path[1:], text, full_key)})
+    hints = typing.get_type_hints(type(obj))
+    return dataclasses.replace(obj, **{name: parse_value(text, hints[name], full_key)})
+
+
+def config_to_dict(obj: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a (possibly nested) config dataclass."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}

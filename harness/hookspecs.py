@@ -1,0 +1,58 @@
+"""Every hook the harness calls. Plugins implement them with `@harness.hookimpl`.
+
+pluggy is used for discovery and observation; the training hot path calls no hook
+except `harness_step_end`, which observers must keep cheap (no device sync).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from harness.api import Backend, Workload
+    from harness.runner import Run
+
+hookspec = pluggy.HookspecMarker("harness")
+
+
+@hookspec
+def harness_backends() -> list[type[Backend]]:
+    """Return the Backend classes this plugin provides."""
+
+
+@hookspec
+def harness_workloads() -> list[type[Workload]]:
+    """Return the Workload classes this plugin provides."""
+
+
+@hookspec(historic=True)
+def harness_addoption(parser: argparse.ArgumentParser) -> None:
+    """Add options to `harness run` (historic: plugins registered late still get it)."""
+
+
+@hookspec
+def harness_configure(config: Any) -> None:
+    """Called once with the parsed RunConfig, before the backend is set up."""
+
+
+@hookspec
+def harness_run_start(run: Run) -> None:
+    """The run is set up (model, data, device) and about to train."""
+
+
+@hookspec
+def harness_step_end(run: Run, step: int) -> None:
+    """An optimizer step finished. `run.last_log` holds host values at log steps only."""
+
+
+@hookspec
+def harness_eval_end(run: Run, metrics: dict[str, float]) -> None:
+    """An evaluation finished with these metrics."""
+
+
+@hookspec
+def harness_run_end(run: Run, record: dict[str, Any]) -> None:
+    """The run ended (any status); `record` is what was written to record.json."""

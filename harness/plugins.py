@@ -1,0 +1,97 @@
+"""The plugin manager: built-in plugin modules plus third-party entry points "harness"."""
+from __future__ import annotations
+
+import functools
+import importlib
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from harness import hookspecs
+from harness.errors import HarnessError, UsageError
+
+if TYPE_CHECKING:
+    from harness.api import Backend, Workload
+
+ENTRY_POINT_GROUP = "harness"
+
+# Built-in plugins, by module name. Each module holds its own @hookimpl functions.
+BUILTINS: tuple[str, ...] = (
+    "harness.console",
+    "backends.cpu",
+    "backends.cuda",
+    "backends.npu",
+    "backends.hpu",
+    "workloads.yolov3",
+)
+
+
+class PluginLoadError(HarnessError):
+    """A plugin failed to import or to register; the message names it."""
+
+
+def _load_module(name: str, origin: str) -> object:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # a broken plugin must name itself, never vanish
+        raise PluginLoadError(f"plugin {name!r} ({origin}) failed to import: {exc!r}") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def get_plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    for name in BUILTINS:
+        pm.register(_load_module(name, "built-in"), name=name)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin {ep.name!r} (entry point {ep.value} from "
+                f"{ep.dist.name if ep.dist else 'unknown'}) failed to import: {exc!r}"
+            ) from exc
+        pm.register(plugin, name=ep.name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginLoadError(f"plugin {exc.plugin_name!r} implements an unknown hook: {exc}") from exc
+    return pm
+
+
+def _collect(hook_results: list[list[type]], kind: str) -> dict[str, type]:
+    found: dict[str, type] = {}
+    for group in hook_results:
+        for cls in group:
+            if cls.name in found and found[cls.name] is not cls:
+                raise PluginLoadError(
+                    f"two plugins provide {kind} {cls.name!r}: "
+                    f"{found[cls.name].__module__} and {cls.__module__}"
+                )
+            found[cls.name] = cls
+    return dict(sorted(found.items()))
+
+
+def backends() -> dict[str, type[Backend]]:
+    return _collect(get_plugin_manager().hook.harness_backends(), "backend")
+
+
+def workloads() -> dict[str, type[Workload]]:
+    return _collect(get_plugin_manager().hook.harness_workloads(), "workload")
+
+
+def get_backend(name: str) -> type[Backend]:
+    found = backends()
+    if name not in found:
+        raise UsageError(f"unknown backend '{name}' (valid: {', '.join(found)})")
+    return found[name]
+
+
+def get_workload(name: str) -> type[Workload]:
+    found = workloads()
+    if name not in found:
+        raise UsageError(f"unknown workload '{name}' (valid: {', '.join(found)})")
+    return found[name]

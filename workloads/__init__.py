@@ -1,0 +1,1 @@
+"""Workload plugins: one package per model; `pytest workloads` collects their tests."""

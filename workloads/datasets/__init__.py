@@ -1,0 +1,1 @@
+"""Real-format dataset readers and the synthetic writers that produce the same formats."""

@@ -1,0 +1,1 @@
+"""Shared pure-PyTorch building blocks (no torchvision, no custom CUDA ops)."""
