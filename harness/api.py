@@ -97,6 +97,14 @@ class Backend(ABC):
             raise UsageError(f"backend {cls.name}: mode {mode} with {precision}: {why_pair}")
 
     @classmethod
+    def emulate(cls) -> None:
+        """Install a CPU-emulated stand-in for this backend's device and vendor modules.
+
+        For portability dry runs (`--emulate`) and tests without the hardware.
+        """
+        raise UsageError(f"backend {cls.name} has no emulated device (--emulate is for npu/hpu)")
+
+    @classmethod
     def environment(cls, mode: str) -> dict[str, str]:
         """Variables to set before the vendor runtime is imported (e.g. PT_HPU_LAZY_MODE)."""
         return {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -20,10 +21,6 @@ ENTRY_POINT_GROUP = "harness"
 BUILTINS: tuple[str, ...] = (
     "harness.console",
     "backends.cpu",
-    "backends.cuda",
-    "backends.npu",
-    "backends.hpu",
-    "workloads.yolov3",
 )
 
 
@@ -44,6 +41,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
     pm.add_hookspecs(hookspecs)
     for name in BUILTINS:
         pm.register(_load_module(name, "built-in"), name=name)
+    # Like PYTEST_PLUGINS: extra plugin modules by name, for tests and local experiments.
+    for name in filter(None, os.environ.get("HARNESS_PLUGINS", "").split(",")):
+        if not pm.has_plugin(name.strip()):
+            pm.register(_load_module(name.strip(), "HARNESS_PLUGINS"), name=name.strip())
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if pm.has_plugin(ep.name):
             continue

@@ -1,0 +1,173 @@
+"""`harness` command line: argparse verbs, parse and dispatch only."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from harness.errors import EXIT_FAILED, EXIT_OK, HarnessError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line style
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="train, evaluate and record one workload on one backend")
+    p.add_argument("workload")
+    p.add_argument("--backend", default="cpu")
+    modes = p.add_mutually_exclusive_group()
+    for mode in ("lazy", "eager", "compile"):
+        modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode,
+                           help=f"{mode} execution mode (validated against the backend)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--scale", default="smoke", help="preset: smoke (default) or full")
+    p.add_argument("--data", type=Path, help="dataset root in the workload's real format "
+                   "(default: synthetic data in that format, written to the cache)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
+    length.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--log-interval", type=int, default=10)
+    p.add_argument("--eval-interval", type=int, default=0, help="also evaluate every N steps")
+    p.add_argument("--warmup-steps", type=int, help="untimed steps before the timed window")
+    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a workload config field, typed by the field (repeatable)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<workload>-<backend>-...)")
+    p.add_argument("--cache-dir", type=Path, help="where synthetic data is written")
+    p.add_argument("--emulate", action="store_true",
+                   help="run on a CPU-emulated device (portability dry run; speed not meaningful)")
+    p.add_argument("--deepspeed", nargs="?", const="", metavar="CONFIG.json",
+                   help="train through DeepSpeed (config built from the options if none given)")
+    p.add_argument("--nproc", type=int, default=1, help="processes (torch.distributed.run)")
+    p.add_argument("--no-eval", dest="eval", action="store_false")
+    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
+    p.set_defaults(func=cmd_run)
+
+
+def _add_list(sub: Any) -> None:
+    p = sub.add_parser("list", help="workloads with presets; backends, available or why not")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    _add_list(sub)
+    _add_run(sub)
+    for add in _extra_verbs():
+        add(sub)
+    return parser
+
+
+def _extra_verbs() -> list[Callable[[Any], None]]:
+    """Verbs that live in their own modules (reference checks, parity, gating)."""
+    adders: list[Callable[[Any], None]] = []
+    import importlib
+
+    try:
+        report_cli = importlib.import_module("harness.report_cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "harness.report_cli":
+            raise
+    else:
+        adders.extend(report_cli.VERBS)
+    return adders
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness import plugins
+
+    workloads = [{"name": n, "presets": list(c.presets()), "metrics": dict(c.metrics),
+                  "primary_metric": c.primary_metric, "description": c.description}
+                 for n, c in plugins.workloads().items()]
+    backends = []
+    for name, cls in plugins.backends().items():
+        probe = cls.probe()
+        caps = cls.capabilities
+        backends.append({"name": name, "available": probe.available, "reason": probe.reason,
+                         "device_count": probe.device_count, "device_name": probe.device_name,
+                         "modes": list(caps.modes), "precisions": list(caps.precisions)})
+    if args.json:
+        print(json.dumps({"workloads": workloads, "backends": backends}, indent=2))
+        return EXIT_OK
+    print("workloads:")
+    for w in workloads:
+        print(f"  {w['name']:<22} presets: {', '.join(w['presets'])}; "
+              f"metric {w['primary_metric']}  {w['description']}")
+    print("backends:")
+    for b in backends:
+        state = "available" if b["available"] else f"unavailable: {b['reason']}"
+        print(f"  {b['name']:<6} {state}; modes {'/'.join(b['modes'])}; "
+              f"precisions {'/'.join(b['precisions'])}")
+    return EXIT_OK
+
+
+def _relaunch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import subprocess
+
+    rest = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={args.nproc}", "-m", "harness.cli", *rest]
+    return subprocess.call(cmd)
+
+
+def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    from harness.config import RunConfig
+    from harness.runner import execute
+
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch_distributed(args, argv)
+    if args.grad_accum < 1:
+        raise UsageError("--grad-accum must be >= 1")
+    config = RunConfig(
+        workload=args.workload, backend=args.backend, mode=args.mode or "",
+        precision=args.precision, scale=args.scale, data=args.data, steps=args.steps,
+        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        grad_accum=args.grad_accum, log_interval=max(1, args.log_interval),
+        eval_interval=args.eval_interval, warmup_steps=args.warmup_steps, seed=args.seed,
+        deterministic=args.deterministic, overrides=tuple(args.overrides), out=args.out,
+        cache_dir=args.cache_dir, num_workers=args.num_workers, emulate=args.emulate,
+        deepspeed=args.deepspeed, eval=args.eval, checkpoint=args.checkpoint)
+    record = execute(config)
+    return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.func is cmd_run:
+            return cmd_run(args, argv)
+        return int(args.func(args))
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""How model and optimizer are wrapped and stepped: single process, DDP (DeepSpeed lives in
+harness/deepspeed_strategy.py). The runner talks to one `Strategy` and never branches on it.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from harness.api import Backend
+    from harness.config import RunConfig
+
+
+class Strategy:
+    """Single process: plain autograd, optional GradScaler, grad clipping."""
+
+    name = "single"
+
+    def __init__(self) -> None:
+        self.world_size = 1
+        self.rank = 0
+        self.local_rank = 0
+        self.grad_accum = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, backend: Backend, run: RunConfig) -> None:
+        self.grad_accum = run.grad_accum
+
+    def wrap(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: RunConfig
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        return model, optimizer
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        inner = getattr(model, "module", model)
+        return getattr(inner, "_orig_mod", inner)  # torch.compile's wrapper
+
+    def backward(self, loss: torch.Tensor, scaler: Any | None) -> None:
+        # Average, not sum, over accumulated micro-batches: the lr means the same at any N.
+        loss = loss / self.grad_accum
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def optimizer_step(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+        scaler: Any | None, grad_clip: float | None,
+    ) -> torch.Tensor | None:
+        """Step once; return the grad norm as a device tensor (no sync), or None."""
+        grad_norm = None
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grad_clip is not None and grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        elif params:
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
+        return default
+
+    def all_reduce_sum(self, value: float) -> float:
+        return value
+
+    def teardown(self) -> None:
+        pass
+
+
+class DDPStrategy(Strategy):
+    """torch DistributedDataParallel, launched by `harness run --nproc N` (torchrun)."""
+
+    name = "ddp"
+
+    def setup(self, backend: Backend, run: RunConfig) -> None:
+        super().setup(backend, run)
+        import torch.distributed as dist
+
+        self.rank = int(os.environ["RANK"])
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend.capabilities.dist_backend)
+
+    def wrap(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: RunConfig
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        ids = [device.index] if device.type != "cpu" and device.index is not None else None
+        return DistributedDataParallel(model, device_ids=ids), optimizer
+
+    def all_reduce_sum(self, value: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def teardown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def choose_strategy(run: RunConfig) -> Strategy:
+    if run.deepspeed is not None:
+        from harness.deepspeed_strategy import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(run.deepspeed)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return DDPStrategy()
+    return Strategy()
