@@ -59,7 +59,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(f"plugin {exc.plugin_name!r} implements an unknown hook: {exc}") from exc
+        name = pm.get_name(exc.plugin) if hasattr(exc, "plugin") else "?"
+        raise PluginLoadError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
     return pm
 
 

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from harness.cli import main
+from tests.conftest import harness_cmd
+
+
+def test_list_json_names_workloads_and_backends(capsys) -> None:
+    assert main(["list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = {w["name"] for w in data["workloads"]}
+    assert "tiny" in names
+    cpu = next(b for b in data["backends"] if b["name"] == "cpu")
+    assert cpu["available"] and "bf16" in cpu["precisions"]
+
+
+def test_exit_codes_for_usage_errors(capsys, tmp_path: Path) -> None:
+    assert main(["run", "nosuch"]) == 2
+    assert "valid:" in capsys.readouterr().err
+    assert main(["run", "tiny", "--backend", "nosuch"]) == 2
+    assert "valid: cpu" in capsys.readouterr().err
+    assert main(["run", "tiny", "--precision", "fp16", "--out", str(tmp_path / "a")]) == 2
+    assert "fp16" in capsys.readouterr().err
+    assert main(["run", "tiny", "--lazy", "--out", str(tmp_path / "b")]) == 2
+    assert "lazy" in capsys.readouterr().err
+    assert main(["run", "tiny", "--set", "nosuch=1"]) == 2
+    assert main(["run", "tiny", "--bogus-flag"]) == 2
+
+
+def test_run_ok_exit_zero_and_failed_exit_one(tmp_path: Path) -> None:
+    assert main(["run", "tiny", "--steps", "5", "--out", str(tmp_path / "ok")]) == 0
+    assert main(["run", "tiny", "--steps", "20", "--set", "nan_at_step=3",
+                 "--out", str(tmp_path / "nan")]) == 1
+
+
+def test_sigint_leaves_an_interrupted_record(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        harness_cmd("run", "tiny", "--steps", "100000", "--set", "sleep_s=0.01",
+                    "--log-interval", "1", "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    # Wait until training has really started (a log line), then interrupt.
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Epoch 0, iter 2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["throughput"]["optimizer_steps"] >= 2
+
+
+def test_sigterm_also_leaves_an_interrupted_record(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        harness_cmd("run", "tiny", "--steps", "100000", "--set", "sleep_s=0.01",
+                    "--log-interval", "1", "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Epoch 0, iter 2/"):
+            break
+    proc.terminate()
+    proc.communicate(timeout=60)
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+
+
+def test_console_script_entry_point_works() -> None:
+    out = subprocess.run(harness_cmd("--help"), capture_output=True, text=True)
+    assert out.returncode == 0 and "run" in out.stdout
