@@ -186,6 +186,7 @@ def _execute_run(run: Run, record: dict[str, Any], pm: Any) -> None:
     cfg = run.config
     strategy, backend = run.strategy, run.backend
     strategy.setup(backend, cfg)
+    record["world_size"] = strategy.world_size
     device = backend.setup(strategy.local_rank)
     record["env"] = environment(backend.describe())
     backend.seed(cfg.seed + strategy.rank)

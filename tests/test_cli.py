@@ -76,3 +76,15 @@ def test_sigterm_also_leaves_an_interrupted_record(tmp_path: Path) -> None:
 def test_console_script_entry_point_works() -> None:
     out = subprocess.run(harness_cmd("--help"), capture_output=True, text=True)
     assert out.returncode == 0 and "run" in out.stdout
+
+
+def test_nproc_two_runs_ddp_over_gloo(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    proc = subprocess.run(harness_cmd("run", "tiny", "--nproc", "2", "--steps", "10",
+                                      "--out", str(out)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "record.json").read_text())
+    assert record["strategy"] == "ddp" and record["world_size"] == 2
+    assert record["status"] == "ok" and record["metrics"]["accuracy"] > 0.8
+    assert (out / "record.rank1.json").exists()
