@@ -52,6 +52,13 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--no-eval", dest="eval", action="store_false")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
     p.set_defaults(func=cmd_run)
+    # Plugins add their own `harness run` options; their values reach harness_configure
+    # through RunConfig.plugin_options.
+    base = {a.dest for a in p._actions}
+    from harness.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.harness_addoption.call_historic(kwargs={"parser": p})
+    p.set_defaults(_plugin_dests=sorted({a.dest for a in p._actions} - base))
 
 
 def _add_list(sub: Any) -> None:
@@ -149,7 +156,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         eval_interval=args.eval_interval, warmup_steps=args.warmup_steps, seed=args.seed,
         deterministic=args.deterministic, overrides=tuple(args.overrides), out=args.out,
         cache_dir=args.cache_dir, num_workers=args.num_workers, emulate=args.emulate,
-        deepspeed=args.deepspeed, eval=args.eval, checkpoint=args.checkpoint)
+        deepspeed=args.deepspeed, eval=args.eval, checkpoint=args.checkpoint,
+        plugin_options=tuple((d, getattr(args, d)) for d in args._plugin_dests))
     record = execute(config)
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 

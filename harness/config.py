@@ -43,6 +43,12 @@ class RunConfig:
     deepspeed: str | None = None  # "" = build a config from the run options
     eval: bool = True
     checkpoint: bool = True
+    # (dest, value) pairs of options that plugins added through harness_addoption.
+    plugin_options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The value of a plugin-added option."""
+        return dict(self.plugin_options).get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
