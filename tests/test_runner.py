@@ -90,3 +90,15 @@ def test_crash_inside_the_run_writes_a_failed_record(tmp_path: Path) -> None:
         run_tiny(tmp_path, batch_size=100000)
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["status"] == "failed" and "fewer samples" in record["error"]
+
+
+def test_eval_interval_evaluates_during_training_and_at_the_end(tmp_path: Path) -> None:
+    record = run_tiny(tmp_path, steps=30, eval_interval=10)
+    assert [e["step"] for e in record["evals"]] == [10, 20, 30]
+    assert record["metrics"] == record["evals"][-1]["metrics"]
+
+
+def test_deterministic_runs_repeat_exactly(tmp_path: Path) -> None:
+    a = run_tiny(tmp_path, steps=12, deterministic=True, seed=3, out=tmp_path / "a")
+    b = run_tiny(tmp_path, steps=12, deterministic=True, seed=3, out=tmp_path / "b")
+    assert [r["loss"] for r in a["losses"]] == [r["loss"] for r in b["losses"]]
