@@ -1,0 +1,126 @@
+"""`harness gate`: passes two same-code runs, fails a run slowed by real added compute.
+
+Noise design for a shared 2-core host (other test sessions and engineers load it heavily):
+- every run stalls 15 ms per step (the tiny workload's `sleep_s`, like waiting on a device),
+  so CPU contention moves only the few-ms compute part of a step, not the median as a whole;
+- the slowed run adds real matmul work (`extra_work=4`, about +50% per step measured here,
+  +2x or more under contention), far above the 5% threshold, with 70 timed steps a side;
+- the same-code pair is judged with a generous 25% threshold from a thresholds CSV (which
+  also exercises per-workload overrides), and both runs bracket the slowed one in time;
+- torch uses one thread: OpenMP spin-waiting on an oversubscribed host distorts timings.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from harness import plugins
+from harness.cli import main
+from harness.config import RunConfig
+from harness.gate import Thresholds, gate, load_thresholds
+from harness.records import read_record
+from harness.runner import execute
+
+pytest.importorskip("scipy")
+STALL = "sleep_s=0.015"
+_IDS = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    import tests.tiny_workload as mod
+
+    pm = plugins.get_plugin_manager()
+    added = not (pm.is_registered(mod) or pm.has_plugin("tests.tiny_workload"))
+    if added:
+        pm.register(mod, name="tests.tiny_workload")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("gate")
+    plan = (("base", (STALL,)), ("slow", (STALL, "extra_work=4")), ("same", (STALL,)))
+    try:
+        for name, overrides in plan:
+            execute(RunConfig(workload="tiny", steps=80, warmup_steps=10, out=root / name,
+                              overrides=overrides, checkpoint=False, eval=False,
+                              log_interval=1000))
+    finally:
+        torch.set_num_threads(threads)
+        if added:
+            pm.unregister(mod)
+    yield {name: root / name for name, _ in plan}
+
+
+def test_same_code_passes(runs: dict[str, Path], tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    thresholds = tmp_path / "gate_thresholds.csv"
+    thresholds.write_text("workload,step_time_rel,memory_rel,alpha,note\n"
+                          "tiny,0.25,0.25,0.01,generous: same code on a shared host\n")
+    code = main(["gate", "--baseline", str(runs["base"]), str(runs["same"]),
+                 "--thresholds", str(thresholds)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "gate_thresholds.csv row 'tiny'" in out
+
+
+def test_slowed_run_fails(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["gate", "--baseline", str(runs["base"]), "--baseline", str(runs["same"]),
+                 str(runs["slow"]), "--thresholds", str(runs["base"] / "none.csv")])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "REGRESSION: median +" in out
+    res = gate([read_record(runs["slow"])], [read_record(runs[k]) for k in ("base", "same")])[0]
+    assert res.baselines == 2  # pooled
+    assert res.slowdown is not None and res.slowdown > 0.2
+    assert res.p_value is not None and res.p_value < 1e-6
+
+
+def test_baseline_folder_excludes_the_candidate(runs: dict[str, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    root = runs["base"].parent
+    assert main(["gate", "--baseline", str(root), str(runs["slow"])]) == 1  # base+same found
+    assert "REGRESSION" in capsys.readouterr().out
+
+
+def _fake(times: list[float], mem: int = 100 << 20, **kw: Any) -> dict[str, Any]:
+    rec = {"workload": "w", "scale": "smoke", "backend": "cpu", "mode": "eager",
+           "precision": "fp32", "world_size": 1, "status": "ok", "emulated": False,
+           "throughput": {"step_times_s": times}, "_path": f"/fake/{next(_IDS)}/record.json",
+           "memory": {"device_peak_allocated_bytes": mem}}
+    rec.update(kw)
+    return rec
+
+
+def test_rules_on_synthetic_samples() -> None:
+    base = [0.010 + 0.0001 * (i % 7) for i in range(60)]
+    small = [t * 1.03 for t in base]  # significant, but below the 5% effect size
+    (r,) = gate([_fake(small)], [_fake(base)])
+    assert r.verdict == "ok" and "significant but small" in r.time_verdict
+    (r,) = gate([_fake(base, mem=130 << 20)], [_fake(base)])
+    assert r.verdict == "REGRESSION" and r.mem_verdict.startswith("REGRESSION: +30.0%")
+    (r,) = gate([_fake(base, precision="bf16")], [_fake(base)])
+    assert r.verdict == "no baseline" and r.failed
+    (r,) = gate([_fake(base[:5])], [_fake(base)])
+    assert r.verdict == "too few steps" and r.failed
+    (r,) = gate([_fake([t * 3 for t in base], emulated=True)], [_fake(base, emulated=True)])
+    assert r.verdict == "ok" and r.time_verdict.startswith("skip (emulated")
+    (r,) = gate([_fake(base, status="oom")], [_fake(base)])
+    assert r.verdict == "failed run"
+    bad_base = copy.deepcopy(_fake(base, status="failed"))
+    (r,) = gate([_fake(base)], [bad_base])
+    assert r.verdict == "no baseline"
+
+
+def test_threshold_table_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("workload,step_time_rel,memory_rel,alpha,note\n*,0.07,,,\nw,0.2,0.3,0.01,x\n")
+    assert load_thresholds(path, "w").step_time_rel == 0.2
+    other = load_thresholds(path, "other")
+    assert (other.step_time_rel, other.memory_rel, other.alpha) == (0.07, 0.10, 0.05)
+    assert load_thresholds(tmp_path / "missing.csv", "w") == Thresholds()
+    (r,) = gate([_fake([0.012] * 20)], [_fake([0.010] * 20)], path, {"step_time_rel": 0.5})
+    assert r.thresholds.step_time_rel == 0.5 and r.verdict == "ok"
