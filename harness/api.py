@@ -110,6 +110,9 @@ class Backend(ABC):
         return {}
 
     # -- per-run life cycle --
+    def prepare_distributed(self) -> None:
+        """Called before the process group is created (Gaudi registers "hccl" here)."""
+
     @abstractmethod
     def setup(self, local_rank: int = 0) -> torch.device:
         """Select the device for this process and return it."""

@@ -125,7 +125,7 @@ def _relaunch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     rest = []
     skip = False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
             continue

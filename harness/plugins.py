@@ -21,6 +21,9 @@ ENTRY_POINT_GROUP = "harness"
 BUILTINS: tuple[str, ...] = (
     "harness.console",
     "backends.cpu",
+    "backends.cuda",
+    "backends.npu",
+    "backends.hpu",
 )
 
 

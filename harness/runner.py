@@ -185,7 +185,7 @@ def execute(config: RunConfig) -> dict[str, Any]:
 def _execute_run(run: Run, record: dict[str, Any], pm: Any) -> None:
     cfg = run.config
     strategy, backend = run.strategy, run.backend
-    strategy.setup(backend, cfg)
+    strategy.setup(backend, cfg, run.workload.config)
     record["world_size"] = strategy.world_size
     device = backend.setup(strategy.local_rank)
     record["env"] = environment(backend.describe())
@@ -237,7 +237,10 @@ def _finish_record(run: Run, record: dict[str, Any]) -> None:
     if timer is not None:
         timer.close_window()
         throughput = timer.summary(run.strategy.world_size)
-        throughput.update(optimizer_steps=run.step, micro_steps=run.micro_steps,
+        steps = run.step
+        if run.optimizer is not None:  # the engine's own count where it keeps one (DeepSpeed)
+            steps = run.strategy.optimizer_steps_taken(run.optimizer, run.step)
+        throughput.update(optimizer_steps=steps, micro_steps=run.micro_steps,
                           total_steps=run.total_steps, grad_accum=run.config.grad_accum,
                           step_times_s=[round(t, 6) for t in timer.step_times])
         if run.backend.emulated:

@@ -17,19 +17,23 @@ class Strategy:
     """Single process: plain autograd, optional GradScaler, grad clipping."""
 
     name = "single"
+    # True where the strategy applies its own loss scaling (no harness GradScaler then).
+    scales_loss = False
 
     def __init__(self) -> None:
         self.world_size = 1
         self.rank = 0
         self.local_rank = 0
         self.grad_accum = 1
+        self.workload_config: Any = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def setup(self, backend: Backend, run: RunConfig) -> None:
+    def setup(self, backend: Backend, run: RunConfig, workload_config: Any = None) -> None:
         self.grad_accum = run.grad_accum
+        self.workload_config = workload_config
 
     def wrap(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: RunConfig
@@ -82,13 +86,14 @@ class DDPStrategy(Strategy):
 
     name = "ddp"
 
-    def setup(self, backend: Backend, run: RunConfig) -> None:
-        super().setup(backend, run)
+    def setup(self, backend: Backend, run: RunConfig, workload_config: Any = None) -> None:
+        super().setup(backend, run, workload_config)
         import torch.distributed as dist
 
         self.rank = int(os.environ["RANK"])
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.world_size = int(os.environ["WORLD_SIZE"])
+        backend.prepare_distributed()
         if not dist.is_initialized():
             dist.init_process_group(backend=backend.capabilities.dist_backend)
 

@@ -5,7 +5,6 @@ on the device and are read once per log interval, where non-finite values are al
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -89,7 +88,7 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
     model = backend.prepare_model(model)
     model, optimizer = strategy.wrap(model, optimizer, cfg)
     run_model = model
-    scaler = backend.grad_scaler(cfg.precision)
+    scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
     grad_clip = getattr(wl.config, "grad_clip", None)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
     warmup = max(0, min(warmup, run.total_steps - 1))
@@ -135,7 +134,8 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
             timer.open_window()
         last = run.step == run.total_steps
         if run.step % cfg.log_interval == 0 or last:
-            _log(run, pending, optimizer, iter_time, data_time, scaler is not None)
+            _log(run, pending, optimizer, iter_time, data_time,
+                 scaled=scaler is not None or strategy.scales_loss)
             pending = []
         else:
             run.last_log = None

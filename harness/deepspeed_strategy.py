@@ -1,0 +1,171 @@
+"""DeepSpeed: its engine owns the model, the (wrapped) optimizer, precision and accumulation.
+
+The runner calls `backward` once per micro-batch and `optimizer_step` once per accumulation
+boundary. DeepSpeed wants `engine.backward(loss)` and `engine.step()` on every micro-batch
+(step() counts micro-batches and only updates the weights at the boundary), so both happen in
+`backward`, and `optimizer_step` only reports the grad norm: nothing is stepped twice.
+
+Without a config file the config is built from the run: micro batch = the workload's batch
+size, gradient_accumulation_steps = --grad-accum, bf16/fp16 from --precision, gradient
+clipping from the workload's grad_clip, ZeRO stage 0. A JSON file (`--deepspeed FILE`) gives
+full control (ZeRO stage, offload; an "optimizer" section replaces the workload's optimizer);
+the keys the harness loop depends on (accumulation, bf16/fp16) must agree with the run's options.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.errors import MissingExtra, UsageError
+from harness.strategies import Strategy
+
+if TYPE_CHECKING:
+    from harness.api import Backend
+    from harness.config import RunConfig
+
+# DS_ACCELERATOR names for the harness backends (DeepSpeed's accelerator registry).
+DS_ACCELERATORS = {"cpu": "cpu", "cuda": "cuda", "npu": "npu", "hpu": "hpu"}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DeepSpeedStrategy(Strategy):
+    name = "deepspeed"
+    scales_loss = True  # the engine's own fp16 loss scaler
+
+    def __init__(self, config_path: str = "") -> None:
+        super().__init__()
+        if importlib.util.find_spec("deepspeed") is None:
+            raise MissingExtra("--deepspeed needs DeepSpeed: pip install 'perception-harness[deepspeed]'")
+        self.config_path = config_path
+        self.engine: Any = None
+        self._started_dist = False
+
+    # -- setup: process group and accelerator, before any engine exists --
+    def setup(self, backend: Backend, run: RunConfig, workload_config: Any = None) -> None:
+        super().setup(backend, run, workload_config)
+        accel = DS_ACCELERATORS.get(backend.name)
+        if accel is None:
+            raise UsageError(f"--deepspeed: no DeepSpeed accelerator for backend {backend.name} "
+                             f"(supported: {', '.join(DS_ACCELERATORS)})")
+        preset = os.environ.get("DS_ACCELERATOR")
+        if preset is not None and preset != accel:
+            raise UsageError(f"--deepspeed: DS_ACCELERATOR={preset} in the environment, but the "
+                             f"backend is {backend.name} (DS_ACCELERATOR={accel}); unset it")
+        os.environ["DS_ACCELERATOR"] = accel  # read when deepspeed first picks its accelerator
+        # A single process has no launcher: without these DeepSpeed goes looking for MPI.
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                           ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
+        self.rank = int(os.environ["RANK"])
+        self.local_rank = int(os.environ["LOCAL_RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        import deepspeed
+        import torch.distributed as dist
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        backend.prepare_distributed()  # e.g. Gaudi registers its "hccl" process group here
+        if not dist.is_initialized():
+            deepspeed.init_distributed(dist_backend=backend.capabilities.dist_backend,
+                                       auto_mpi_discovery=False, verbose=False)
+            self._started_dist = True
+
+    # -- config --
+    def build_config(self, run: RunConfig) -> dict[str, Any]:
+        cfg = self.workload_config
+        batch = int(getattr(cfg, "batch_size", None) or 1)
+        grad_clip = getattr(cfg, "grad_clip", None)
+        if not self.config_path:
+            return {
+                "train_micro_batch_size_per_gpu": batch,
+                "gradient_accumulation_steps": run.grad_accum,
+                "gradient_clipping": float(grad_clip or 0.0),
+                "bf16": {"enabled": run.precision == "bf16"},
+                "fp16": {"enabled": run.precision == "fp16"},
+                "zero_optimization": {"stage": 0},
+                "steps_per_print": 2**31 - 1,  # the harness logs; keep DeepSpeed quiet
+            }
+        path = Path(self.config_path)
+        try:
+            config = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"--deepspeed {path}: no such file") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--deepspeed {path}: not valid JSON ({exc})") from None
+        gas = config.setdefault("gradient_accumulation_steps", run.grad_accum)
+        if gas != run.grad_accum:
+            raise UsageError(f"--deepspeed {path}: gradient_accumulation_steps is {gas} but "
+                             f"--grad-accum is {run.grad_accum}; make them agree")
+        if "train_batch_size" not in config:
+            config.setdefault("train_micro_batch_size_per_gpu", batch)
+        for kind in ("bf16", "fp16"):
+            enabled = bool(config.get(kind, {}).get("enabled", False))
+            if enabled != (run.precision == kind):
+                raise UsageError(f"--deepspeed {path}: {kind}.enabled is {enabled} but --precision "
+                                 f"is {run.precision}; make them agree")
+        return config
+
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             run: RunConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        import deepspeed
+
+        config = self.build_config(run)
+        if "optimizer" in config:
+            # The file's optimizer (and scheduler, if any) replace the workload's: full control.
+            self.engine, ds_optimizer, _, _ = deepspeed.initialize(
+                model=model, config=config,
+                model_parameters=[p for p in model.parameters() if p.requires_grad])
+        else:
+            self.engine, ds_optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=config)
+        return self.engine, ds_optimizer
+
+    # -- the loop --
+    def backward(self, loss: torch.Tensor, scaler: Any | None) -> None:
+        # The engine divides by gradient_accumulation_steps and applies its own loss scaling
+        # (a harness GradScaler, if the backend made one, is not used).
+        self.engine.backward(loss)
+        self.engine.step()  # updates weights only at the accumulation boundary
+
+    def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       scaler: Any | None, grad_clip: float | None) -> torch.Tensor | None:
+        # The boundary's engine.step() already ran inside backward(); report its grad norm.
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return None
+        return norm.detach().float() if isinstance(norm, torch.Tensor) else torch.tensor(float(norm))
+
+    def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
+        return int(self.engine.global_steps) if self.engine is not None else default
+
+    def all_reduce_sum(self, value: float) -> float:
+        import torch.distributed as dist
+
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def teardown(self) -> None:
+        destroy = getattr(self.engine, "destroy", None)
+        if destroy is not None:
+            destroy()
+        import torch.distributed as dist
+
+        if self._started_dist and dist.is_initialized():
+            dist.destroy_process_group()
+
