@@ -102,3 +102,11 @@ def test_deterministic_runs_repeat_exactly(tmp_path: Path) -> None:
     a = run_tiny(tmp_path, steps=12, deterministic=True, seed=3, out=tmp_path / "a")
     b = run_tiny(tmp_path, steps=12, deterministic=True, seed=3, out=tmp_path / "b")
     assert [r["loss"] for r in a["losses"]] == [r["loss"] for r in b["losses"]]
+
+
+def test_compile_mode_on_cpu_trains(tmp_path: Path) -> None:
+    # torch.compile (inductor, C++ codegen) through the backend's prepare_model; the
+    # compile happens inside the warmup steps, outside the timed window.
+    record = run_tiny(tmp_path, steps=10, mode="compile")
+    assert record["status"] == "ok" and record["mode"] == "compile"
+    assert record["metrics"]["accuracy"] > 0.9
