@@ -121,9 +121,9 @@ class HPUBackend(Backend):
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.mode == "compile":
             if self.emulated:  # the real bridge registers "hpu_backend" with dynamo itself
-                from backends import emulation
+                from backends import emulated_vendor
 
-                emulation.register_compile_backend()
+                emulated_vendor.register_compile_backend()
             return torch.compile(model, backend="hpu_backend")  # type: ignore[return-value]
         return model
 
