@@ -25,6 +25,7 @@ BUILTINS: tuple[str, ...] = (
     "backends.npu",
     "backends.hpu",
     "workloads.yolov3",
+    "workloads.bevdepth",
 )
 
 
