@@ -131,6 +131,14 @@ class DeepSpeedStrategy(Strategy):
         else:
             self.engine, ds_optimizer, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer, config=config)
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        dtype = next((half[k] for k in half if config.get(k, {}).get("enabled")), None)
+        if dtype is not None:
+            # The engine casts parameters to bf16/fp16 but leaves buffers (BatchNorm running
+            # stats) in fp32, and batch_norm refuses mixed dtypes: cast them alike.
+            for buf in self.engine.module.buffers():
+                if buf.is_floating_point():
+                    buf.data = buf.data.to(dtype)
         return self.engine, ds_optimizer
 
     # -- the loop --

@@ -92,3 +92,19 @@ def test_deepspeed_bf16_with_grad_accum_steps_once_per_two_micro_steps(tmp_path:
     assert probe["optimizer_steps_taken"] == 4  # DeepSpeed's own engine.global_steps
     assert probe["seen"]["autocast"] == ["cpu:torch.bfloat16"]
     assert "grad_norm" in record["losses"][-1]
+
+
+@needs_deepspeed
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="DeepSpeed JIT-builds its CPU comm op and no C++ compiler is here")
+def test_deepspeed_bf16_trains_yolov3_with_batchnorm(tmp_path: Path) -> None:
+    # BatchNorm buffers must follow the engine's bf16 parameters (a real workload, not a toy).
+    from harness.config import RunConfig
+    from harness.runner import execute
+
+    record = execute(RunConfig(workload="yolov3", deepspeed="", grad_accum=2, precision="bf16",
+                               steps=3, eval=False, out=tmp_path / "run",
+                               cache_dir=tmp_path / "cache",
+                               overrides=("synth_train_images=64", "synth_val_images=8")))
+    assert record["status"] == "ok" and record["strategy"] == "deepspeed"
+    assert record["throughput"]["optimizer_steps"] == 3 and record["throughput"]["micro_steps"] == 6
