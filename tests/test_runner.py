@@ -78,7 +78,7 @@ def test_bf16_autocast_runs_on_cpu(tmp_path: Path) -> None:
 
 
 def test_usage_errors_come_before_any_record(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="valid: tiny"):
+    with pytest.raises(UsageError, match=r"unknown workload .nosuch. \(valid: .*tiny"):
         execute(RunConfig(workload="nosuch", out=tmp_path / "x"))
     with pytest.raises(UsageError, match="no scale 'huge'"):
         execute(RunConfig(workload="tiny", scale="huge", out=tmp_path / "x"))
