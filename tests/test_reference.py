@@ -71,7 +71,9 @@ full,npu,unstated,any,eager,8,fps,45,0.1,rel,higher,vendor B
 def test_published_tables_load_with_sources(path: Path) -> None:
     rows = load_table(path)
     assert rows and all(r.source for r in rows)
-    assert not [r for r in rows if r.scale == "smoke"], "smoke rows are measured, not published"
+    # Smoke numbers exist only where this project measured them, with command and commit.
+    smoke = [r for r in rows if r.scale == "smoke"]
+    assert all(r.source.startswith("measured: harness run ") and " @ " in r.source for r in smoke)
 
 
 def test_yolov3_ap_is_a_fraction() -> None:
