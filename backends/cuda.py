@@ -60,21 +60,11 @@ class CUDABackend(Backend):
         # cuBLAS reads this when its handle is created (first matmul), which is still ahead.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    def _check_precision(self, precision: str) -> None:
+    def check_precision(self, precision: str) -> None:
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             name = torch.cuda.get_device_name(self.device)
             raise UsageError(f"backend cuda: {name} has no bf16 support (compute capability "
                              f"8.0+ needed); use --precision fp16")
-
-    def autocast(self, precision: str) -> contextlib.AbstractContextManager[Any]:
-        self._check_precision(precision)
-        return super().autocast(precision)
-
-    def grad_scaler(self, precision: str) -> Any | None:
-        self._check_precision(precision)
-        if precision in self.capabilities.scaled_precisions:
-            return torch.amp.GradScaler("cuda")
-        return None
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.mode == "compile":

@@ -7,7 +7,6 @@ releases, so environment() always sets it and setup() checks that the loaded bri
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from importlib import metadata
@@ -97,7 +96,7 @@ class HPUBackend(Backend):
         self.device = torch.device("hpu")
         return self.device
 
-    def _check_precision(self, precision: str) -> None:
+    def check_precision(self, precision: str) -> None:
         if precision != "fp16":
             return
         from habana_frameworks.torch import hpu as hthpu
@@ -107,16 +106,6 @@ class HPUBackend(Backend):
         if gen is not None and int(gen.group(1) or 1) < 2:
             raise UsageError(f"backend hpu: fp16 needs Gaudi2 or later (this is {name}); use "
                              f"--precision bf16")
-
-    def autocast(self, precision: str) -> contextlib.AbstractContextManager[Any]:
-        self._check_precision(precision)
-        return super().autocast(precision)
-
-    def grad_scaler(self, precision: str) -> Any | None:
-        self._check_precision(precision)
-        if precision in self.capabilities.scaled_precisions:
-            return torch.amp.GradScaler("hpu")
-        return None
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.mode == "compile":

@@ -117,17 +117,12 @@ class NPUBackend(Backend):
         self._capture.install()
         return self.device
 
-    def _check_precision(self, precision: str) -> None:
+    def check_precision(self, precision: str) -> None:
         if precision == "bf16" and not torch.npu.is_bf16_supported():
             raise UsageError(f"backend npu: {torch.npu.get_device_name(self.device)} has no bf16 "
                              f"support (Atlas A2 / 910B or later); use --precision fp16")
 
-    def autocast(self, precision: str) -> contextlib.AbstractContextManager[Any]:
-        self._check_precision(precision)
-        return super().autocast(precision)
-
     def grad_scaler(self, precision: str) -> Any | None:
-        self._check_precision(precision)
         if precision not in self.capabilities.scaled_precisions:
             return None
         import torch_npu

@@ -128,8 +128,13 @@ class Backend(ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=AUTOCAST_DTYPES[precision])
 
+    def check_precision(self, precision: str) -> None:
+        """Device-dependent precision checks, once after setup (bf16 needs sm80+, Gaudi2...)."""
+
     def grad_scaler(self, precision: str) -> Any | None:
-        """A GradScaler for precisions that need one, else None."""
+        """A GradScaler for the precisions in capabilities.scaled_precisions, else None."""
+        if precision in self.capabilities.scaled_precisions:
+            return torch.amp.GradScaler(self.device_type)
         return None
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -275,6 +275,7 @@ def run_numerics(workload: str, backend: str, steps: int = 5, precision: str = "
     wl = wl_cls(runner.resolve_workload_config(wl_cls, config))
     dev_backend = runner.prepare_backend(config)
     device = dev_backend.setup(0)
+    dev_backend.check_precision(precision)
     dev_backend.seed(seed)  # as the runner does: augmentation draws repeat between invocations
     tol = DEFAULT_TOL[precision] if tol is None else tol
     amp = precision != "fp32"

@@ -188,6 +188,7 @@ def _execute_run(run: Run, record: dict[str, Any], pm: Any) -> None:
     strategy.setup(backend, cfg, run.workload.config)
     record["world_size"] = strategy.world_size
     device = backend.setup(strategy.local_rank)
+    backend.check_precision(cfg.precision)
     record["env"] = environment(backend.describe())
     backend.seed(cfg.seed + strategy.rank)
     if cfg.deterministic:
