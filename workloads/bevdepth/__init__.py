@@ -118,7 +118,10 @@ class BEVDepthWorkload(Workload):
 
     # -- model and optimisation --
     def build_model(self) -> nn.Module:
-        return BEVDepth(self.config)
+        model = BEVDepth(self.config)
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config

@@ -66,6 +66,9 @@ class BEVDepthConfig:
     depth_use_dcn: bool = True  # False: a plain 3x3 conv where the original has DCN
     # -- MatrixVT --
     matrixvt_mid_channels: int = 512  # HoriConv width
+    # NHWC weights and activations. Off in `full` (the original is NCHW); on in `smoke`, where
+    # it measured 15-20% faster per CPU training step (oneDNN convolutions).
+    channels_last: bool = False
     # -- BEV trunk, neck, CenterPoint head --
     bev_depth: int = 18
     bev_base_channels: int = 160
@@ -152,6 +155,7 @@ class BEVDepthConfig:
             depth_mid_channels=64,
             depth_use_dcn=False,
             matrixvt_mid_channels=64,
+            channels_last=True,
             bev_base_channels=32,
             bev_stage_blocks=(1, 1, 1),
             bev_neck_channels=32,

@@ -6,14 +6,14 @@ refines them with 1-D convs; `DepthReducer` predicts a softmax over height and t
 weighted sum of the depth distribution). Each (camera, column) is then a ray and each depth
 bin a ring; the height-averaged frustum geometry gives every (ray, ring) pair one BEV cell.
 
-  Ring (B, D, X*Y):     how many rays put ring d into cell j (normalised per cell by its max)
-  Ray  (B, N*W, X*Y):   how many rings of ray r fall into cell j (normalised likewise)
+  Ring (B, D, X*Y):     1 where some ray puts ring d into cell j
+  Ray  (B, N*W, X*Y):   1 where some ring of ray r falls into cell j
   BEV  = ((depth @ Ring) * Ray)^T @ features
 
 When the (ray, ring) pairs that hit each cell form a full rectangle (a set of rays crossing
 it at the same set of rings, e.g. one pair, one ray over several rings, several rays at one
 ring) this equals lift-splat voxel pooling of the prime point cloud exactly; elsewhere it
-is the paper's approximation. Both matrices are built vectorized (scatter_add, no Python
+is the paper's approximation. Both matrices are built vectorized (one scatter, no Python
 loop over pixels) and cached while the calibration tensors are unchanged.
 
 Difference from the original: rays/rings outside the grid go to a dropped extra column
@@ -82,16 +82,19 @@ def prime_cells(grid: VoxelGrid, geom: torch.Tensor) -> torch.Tensor:
 
 
 def ring_ray_matrices(cells: torch.Tensor, num_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ring (B, D, L) and Ray (B, R, L) from (B, R, D) cell indices; L = num_cells."""
+    """0/1 Ring (B, D, L) and Ray (B, R, L) incidence from (B, R, D) cell indices; L = num_cells.
+
+    Ring[d, j] = 1 when some ray puts ring d into cell j, Ray[r, j] = 1 when some ring of ray
+    r falls into cell j. The original builds them with `map[b, r, idx] += 1`, which adds once
+    however often an index repeats, then divides by the per-cell maximum (1): the same 0/1
+    matrices. Counting repeats instead would weight near cells by their ray density.
+    """
     b, r, d = cells.shape
     ones = torch.ones(cells.shape, dtype=torch.float32, device=cells.device)
-    ray = torch.zeros(b, r, num_cells + 1, device=cells.device).scatter_add_(2, cells, ones)
-    ring = torch.zeros(b, d, num_cells + 1, device=cells.device).scatter_add_(
+    ray = torch.zeros(b, r, num_cells + 1, device=cells.device).scatter_(2, cells, ones)
+    ring = torch.zeros(b, d, num_cells + 1, device=cells.device).scatter_(
         2, cells.transpose(1, 2), ones.transpose(1, 2))
-    ray, ring = ray[..., :num_cells], ring[..., :num_cells]
-    ring = ring / ring.amax(dim=1, keepdim=True).clamp(min=1)
-    ray = ray / ray.amax(dim=1, keepdim=True).clamp(min=1)
-    return ring, ray
+    return ring[..., :num_cells], ray[..., :num_cells]
 
 
 def matrix_project(depth: torch.Tensor, feat: torch.Tensor, ring: torch.Tensor,

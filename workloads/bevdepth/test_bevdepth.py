@@ -36,6 +36,28 @@ def _prime_pool(cells: torch.Tensor, depth: torch.Tensor, feat: torch.Tensor, nx
     return voxel_pooling(xy, depth.unsqueeze(-1) * feat.unsqueeze(2), (nx, ny, 1))
 
 
+def test_ring_ray_matrices_equal_the_original_loop_construction():
+    # The original fills the maps with `map[b, r, idx] += 1` per ray and per ring (a repeated
+    # index adds once) and divides by the per-cell maximum; outside pairs go to index L here.
+    b, rays, rings, num = 2, 7, 5, 12
+    g = torch.Generator().manual_seed(3)
+    cells = torch.randint(0, num + 1, (b, rays, rings), generator=g)
+    ring_ref = torch.zeros(b, rings, num + 1)
+    ray_ref = torch.zeros(b, rays, num + 1)
+    for i in range(b):
+        for r in range(rays):
+            ray_ref[i, r, cells[i, r]] += 1
+        for d in range(rings):
+            ring_ref[i, d, cells[i, :, d]] += 1
+    ring_ref, ray_ref = ring_ref[..., :num], ray_ref[..., :num]
+    ring_ref /= ring_ref.amax(1, keepdim=True).clamp(min=1)
+    ray_ref /= ray_ref.amax(1, keepdim=True).clamp(min=1)
+    ring, ray = ring_ray_matrices(cells, num)
+    assert torch.equal(ring, ring_ref) and torch.equal(ray, ray_ref)
+    # the case where counting repeats would differ from the original must occur
+    assert bool((cells.sort(-1).values.diff(dim=-1) == 0).any())
+
+
 def test_matrix_projection_equals_lift_splat_when_factorisation_is_exact():
     # Each cell is hit by a full rectangle of (ray, ring) pairs: the ring/ray product is then
     # exactly the point-to-cell incidence, so both reductions must agree.
