@@ -31,3 +31,18 @@ def test_bevdepth_smoke_trains_to_gate(harness_run) -> None:
 @pytest.mark.slow
 def test_matrixvt_smoke_trains_to_gate(harness_run) -> None:
     _check_trained(harness_run("matrixvt"), "matrixvt")
+
+
+def test_trains_on_a_nuscenes_root_it_has_never_seen(harness_run, tmp_path) -> None:
+    # What `harness run bevdepth --data DIR` does with a user's root: another seed, another
+    # camera resolution, outside the cache, no infos yet (they are converted via the devkit).
+    from workloads.datasets.nuscenes import write_synthetic_nuscenes
+
+    root = write_synthetic_nuscenes(tmp_path / "nuscenes", seed=7, samples_per_scene=3,
+                                    image_size=(640, 360), objects_per_scene=12)
+    assert not (root / "nuscenes_infos_train.pkl").exists()
+    record = harness_run("bevdepth", data=root, steps=3, warmup_steps=0)
+    assert record["status"] == "ok", record.get("error")
+    assert NUSCENES_METRICS <= set(record["metrics"])
+    assert record["data_source"] == str(root)
+    assert (root / "nuscenes_infos_train.pkl").is_file()
