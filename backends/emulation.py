@@ -252,6 +252,17 @@ def _resize(dev: torch.Tensor, size: Any, memory_format: Any = None) -> torch.Te
     return dev
 
 
+def _as_strided_inplace(dev: torch.Tensor, size: Any, stride: Any,
+                        storage_offset: Any = None) -> torch.Tensor:
+    # The composite kernel checks the new geometry against the device storage, which holds no
+    # bytes here (adaptive_avg_pool2d restrides its channels_last output this way); check it
+    # against the host bytes instead.
+    host = to_host(dev)
+    host.as_strided_(size, stride, storage_offset)
+    _reset_geometry(dev, host)
+    return dev
+
+
 # Composite kernels hand backends they do not know these "overrideable" hooks.
 def _conv(*args: Any) -> Any:
     return _run(torch.ops.aten.convolution_overrideable.default,
@@ -275,6 +286,7 @@ _SPECIAL: dict[str, Callable[..., Any]] = {
     "aten::_copy_from": _copy_from,
     "aten::_copy_from_and_resize": _copy_from_and_resize,
     "aten::resize_": _resize,
+    "aten::as_strided_": _as_strided_inplace,
     "aten::record_stream": lambda *a, **k: None,
 }
 

@@ -155,6 +155,10 @@ def test_emulator_semantics_views_inplace_out_and_one_name_per_process() -> None
         assert torch.equal(d2.cpu(), x2) and torch.equal(d[i].cpu(), x[i])
         assert torch.equal(d[d > 20].cpu(), x[x > 20])           # data-dependent shape
         assert torch.equal(d.t().contiguous().cpu(), x.t().contiguous())
+        # channels_last: composite kernels restride their outputs in place (as_strided_)
+        img = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(img.to("npu"), 1)
+        assert torch.equal(pooled.cpu(), torch.nn.functional.adaptive_avg_pool2d(img, 1))
         w = torch.randn(4, 2, requires_grad=True); wd = w.detach().to("npu").requires_grad_()
         (x @ w).relu().sum().backward(); (d @ wd).relu().sum().backward()
         assert torch.allclose(wd.grad.cpu(), w.grad)
