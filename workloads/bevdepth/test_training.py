@@ -1,6 +1,8 @@
 """Smoke training from an untrained start to the NDS/mAP gate, through the harness."""
 from __future__ import annotations
 
+import pytest
+
 NUSCENES_METRICS = {"mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "NDS"}
 
 # Gates from three seeds each on 2 CPU cores (reference_results/*.csv, smoke rows):
@@ -28,6 +30,8 @@ def test_bevdepth_smoke_trains_to_gate(harness_run) -> None:
     _check_trained(harness_run("bevdepth"), "bevdepth")
 
 
+# `slow`: with it the default suite took 19.7 min on 2 cores (limit ~20); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_matrixvt_smoke_trains_to_gate(harness_run) -> None:
     _check_trained(harness_run("matrixvt"), "matrixvt")
 
