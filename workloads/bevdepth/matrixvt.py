@@ -90,10 +90,9 @@ def ring_ray_matrices(cells: torch.Tensor, num_cells: int) -> tuple[torch.Tensor
     matrices. Counting repeats instead would weight near cells by their ray density.
     """
     b, r, d = cells.shape
-    ones = torch.ones(cells.shape, dtype=torch.float32, device=cells.device)
-    ray = torch.zeros(b, r, num_cells + 1, device=cells.device).scatter_(2, cells, ones)
+    ray = torch.zeros(b, r, num_cells + 1, device=cells.device).scatter_(2, cells, 1.0)
     ring = torch.zeros(b, d, num_cells + 1, device=cells.device).scatter_(
-        2, cells.transpose(1, 2), ones.transpose(1, 2))
+        2, cells.transpose(1, 2), 1.0)
     return ring[..., :num_cells], ray[..., :num_cells]
 
 

@@ -85,8 +85,9 @@ def test_matrix_projection_equals_lift_splat_on_real_rig():
     cells = prime_cells(vt.grid, geom)
     ring, ray = ring_ray_matrices(cells, nx * ny)
     b, rays, rings = cells.shape
-    depth = torch.rand(b, rays, rings).softmax(-1)
-    feat = torch.randn(b, rays, 4)
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(b, rays, rings, generator=g).softmax(-1)
+    feat = torch.rand(b, rays, 4, generator=g)  # positive, so total mass is comparable
     got = matrix_project(depth, feat, ring, ray).view(b, 4, ny, nx)
     want = _prime_pool(cells, depth, feat, nx, ny)
     # Cells whose (ray, ring) incidence is a full rectangle are reproduced exactly; the rest
@@ -99,8 +100,10 @@ def test_matrix_projection_equals_lift_splat_on_real_rig():
     mask = (exact & hit).view(ny, nx)
     assert mask.sum() > 0.7 * hit.sum()  # most cells of the smoke rig are exact
     assert torch.allclose(got[:, :, mask], want[:, :, mask], atol=1e-5)
-    # and the total feature mass agrees within the approximation on the whole grid
-    assert torch.allclose(got.sum(), want.sum(), rtol=0.5)
+    # Elsewhere the 0/1 Ring x Ray product covers every (ray, ring) -> cell incidence and may
+    # add pairs, so the approximation only adds mass: 13-15% on this rig (seeds 0-4).
+    ratio = float(got.sum() / want.sum())
+    assert 1.0 <= ratio < 1.3, ratio
 
 
 def test_matrixvt_matrices_are_cached_until_calibration_changes():
