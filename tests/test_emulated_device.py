@@ -181,11 +181,11 @@ YOLO = ("yolov3", "--steps", "3", "--batch-size", "4", "--eval-batch-size", "4",
         "--set", "synth_train_images=32", "--set", "synth_val_images=8")
 
 
-def _yolov3_available() -> bool:
-    return (ROOT / "workloads" / "yolov3" / "__init__.py").exists()
+def _workload_present(name: str) -> bool:
+    return (ROOT / "workloads" / name / "__init__.py").exists()
 
 
-@pytest.mark.skipif(not _yolov3_available(), reason="workloads/yolov3 not present")
+@pytest.mark.skipif(not _workload_present("yolov3"), reason="workloads/yolov3 not present")
 @pytest.mark.parametrize("backend_args", [
     ("--backend", "npu", "--emulate"),
     ("--backend", "hpu", "--lazy", "--precision", "bf16", "--emulate"),
@@ -203,8 +203,7 @@ BEV = ("--steps", "2", "--warmup-steps", "0", "--batch-size", "1", "--eval-batch
        "--set", "synthetic_samples_per_scene=3")
 
 
-@pytest.mark.skipif(not (ROOT / "workloads" / "bevdepth" / "__init__.py").exists(),
-                    reason="workloads/bevdepth not present")
+@pytest.mark.skipif(not _workload_present("bevdepth"), reason="workloads/bevdepth not present")
 @pytest.mark.parametrize("workload,backend_args", [
     ("bevdepth", ("--backend", "hpu", "--lazy", "--emulate")),
     ("matrixvt", ("--backend", "npu", "--emulate")),
