@@ -180,9 +180,28 @@ class SyntheticSpec:
     max_side: int = 224
     max_objects: int = 4
     seed: int = 0
+    # Category ids to write (len == num_classes); () = synthetic_category_ids(num_classes).
+    category_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.category_ids and len(self.category_ids) != self.num_classes:
+            raise ValueError(f"category_ids {self.category_ids} must have num_classes={self.num_classes} entries")
+
+    def identity(self) -> dict[str, Any]:
+        """What the marker and folder name hash; the default ids are left out so caches
+        written before the field existed stay valid."""
+        out = {**dataclasses.asdict(self), "version": SYNTH_VERSION}
+        if not self.category_ids:
+            del out["category_ids"]
+        else:
+            out["category_ids"] = list(self.category_ids)
+        return out
+
+    def ids(self) -> list[int]:
+        return list(self.category_ids) or synthetic_category_ids(self.num_classes)
 
     def dirname(self) -> str:
-        blob = json.dumps({**dataclasses.asdict(self), "version": SYNTH_VERSION}, sort_keys=True)
+        blob = json.dumps(self.identity(), sort_keys=True)
         return f"coco-synth-c{self.num_classes}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
 
@@ -303,7 +322,7 @@ def write_synthetic_coco(cache_dir: Path, spec: SyntheticSpec) -> Path:
     half-written dataset where the reader would take it for a complete one."""
     cache_dir = Path(cache_dir)
     final = cache_dir / spec.dirname()
-    wanted = {**dataclasses.asdict(spec), "version": SYNTH_VERSION}
+    wanted = spec.identity()
 
     def complete() -> bool:
         try:
@@ -317,7 +336,7 @@ def write_synthetic_coco(cache_dir: Path, spec: SyntheticSpec) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
         (tmp / "annotations").mkdir()
-        cat_ids = synthetic_category_ids(spec.num_classes)
+        cat_ids = spec.ids()
         _write_split(tmp, "train", spec.train_images, spec, cat_ids)
         _write_split(tmp, "val", spec.val_images, spec, cat_ids)
         (tmp / MARKER).write_text(json.dumps(wanted))

@@ -6,6 +6,7 @@ alone. The metric is COCO bbox AP through pycocotools against the val instances 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ class YOLOv3Workload(Workload):
     requires = ("pycocotools",)
     extra = "yolov3"
 
-    def __init__(self, config: YOLOv3Config) -> None:
+    def __init__(self, config: YOLOv3Config, user_set: frozenset[str] = frozenset()) -> None:
         super().__init__(config)
+        # The config fields the user gave explicitly (--set): the data may not override them.
+        self.user_set = frozenset(user_set)
         self._val: CocoDetection | None = None
 
     @classmethod
@@ -71,11 +74,33 @@ class YOLOv3Workload(Workload):
         val = CocoDetection(root, "val", c.input_size)
         if train.cat_ids != val.cat_ids:
             raise DatasetError(f"{val.ann_path}: categories differ from those of {train.ann_path}")
-        if train.num_classes != c.num_classes:
-            raise DatasetError(f"{train.ann_path}: categories has {train.num_classes} entries but the "
-                               f"config has num_classes={c.num_classes} (--set num_classes={train.num_classes})")
+        from_data = self._classes_from(train)
         self._val = val
-        return Datasets(train=train, val=val, collate=collate, source=source)
+        data = Datasets(train=train, val=val, collate=collate, source=source)
+        data.from_data = from_data  # type: ignore[attr-defined]  # contract 1 field
+        return data
+
+    def _classes_from(self, train: CocoDetection) -> dict[str, str]:
+        """num_classes and class_names from the annotation file unless the user set them;
+        an explicit value the file contradicts is an error naming the file and field."""
+        c, updates, from_data = self.config, {}, {}
+        if "num_classes" in self.user_set:
+            if train.num_classes != c.num_classes:
+                raise DatasetError(f"{train.ann_path}: categories has {train.num_classes} entries but "
+                                   f"--set num_classes={c.num_classes}")
+        else:
+            updates["num_classes"] = train.num_classes
+            from_data["num_classes"] = str(train.ann_path)
+        names = tuple(train.cat_names)
+        if "class_names" in self.user_set:
+            if c.class_names != names:
+                raise DatasetError(f"{train.ann_path}: categories[].name are {list(names)} but "
+                                   f"--set class_names={','.join(c.class_names)}")
+        else:
+            updates["class_names"] = names
+            from_data["class_names"] = str(train.ann_path)
+        self.config = dataclasses.replace(c, **updates)
+        return from_data
 
     def build_model(self) -> nn.Module:
         c = self.config

@@ -13,7 +13,8 @@ MMDET_ITERS_PER_EPOCH = 1833
 @dataclasses.dataclass(frozen=True)
 class YOLOv3Config:
     # -- model --
-    num_classes: int = 80
+    num_classes: int = 80  # taken from the annotation file unless --set
+    class_names: tuple[str, ...] = ()  # the categories' names in id order (from the data)
     input_size: int = 416  # square letterbox side; must be a multiple of 32
     width: float = 1.0  # channel multiplier of Darknet, neck and head
     depths: tuple[int, ...] = (1, 2, 8, 8, 4)  # residual blocks per Darknet stage
