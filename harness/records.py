@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SCHEMA = "perception-harness/run-record/1"
 STATUSES = ("running", "ok", "failed", "diverged", "oom", "interrupted")
 
@@ -82,6 +80,8 @@ def git_sha() -> str | None:
 
 
 def environment(backend_env: dict[str, Any]) -> dict[str, Any]:
+    import torch  # here, not at module level: report verbs read records without torch
+
     from harness import __version__
 
     env = {
