@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import MissingExtra, UsageError
-from harness.reference import MEMORY_METRIC, load_table, match_record, record_value, table_path
+from harness.reference import MEMORY_METRIC, record_value
 
 DEFAULT_REL_TOL = {"metric": 0.02, "fps": 0.10, MEMORY_METRIC: 0.10}
 # Metrics near zero (an error rate of 0) would get a zero band from a relative rule alone.
@@ -60,8 +60,10 @@ def _tolerances(base: dict[str, Any], names: list[str], directions: dict[str, st
                 ref_dir: Path | None) -> dict[str, dict[str, Any]]:
     """metric -> {band, direction, source}; reference rows first, then the defaults."""
     rows = {}
-    if ref_dir is not None and table_path(str(base.get("workload")), ref_dir).exists():
-        match = match_record(base, load_table(table_path(str(base.get("workload")), ref_dir)))
+    if ref_dir is not None:
+        from harness.checking import find_match
+
+        match, _ = find_match(base, ref_dir)
         if match is not None:
             rows = {r.metric: r for r in match.rows}
             rows.setdefault("fps", rows.get("samples_per_s"))

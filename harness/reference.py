@@ -1,10 +1,8 @@
-"""Reference tables (`reference_results/<workload>.csv`): load, match a record, compare.
+"""Reference tables (`reference_results/<workload>.csv`) and what a record says about itself.
 
-Standard library only, so `harness check` works on a core install (no pandas needed).
-A record is matched on exact (workload, scale) first: published `full` numbers must never
-judge a `smoke` run. Within that scale the closest row set by (backend, precision, world
-size, mode) wins, and the reason says which axes differ, so a cross-hardware comparison
-(an npu record against GPU_8p rows) is visible as such rather than silently "exact".
+Standard library only, and no workload or torch import, so `harness check` works on a core
+install and survives a broken plugin. The matching and comparing live in harness/checking.py;
+the schema is documented in reference_results/README.md.
 """
 from __future__ import annotations
 
@@ -14,28 +12,75 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from harness.errors import UsageError
 from harness.records import read_record
 
-COLUMNS = ("scale", "backend", "device", "precision", "mode", "world_size", "metric", "value",
-           "tolerance", "tolerance_kind", "direction", "source")
+COLUMNS = ("scale", "kind", "config", "backend", "device", "precision", "weights_dtype", "mode",
+           "world_size", "metric", "value", "tolerance", "tolerance_kind", "direction", "source")
+ALIAS_FILE = "aliases.csv"
+ALIAS_COLUMNS = ("workload", "config", "same_as", "note")
 ANY = "any"  # a published row that does not state this axis
+KINDS = ("train", "eval")
 PRECISIONS = ("fp32", "bf16", "fp16", ANY)
 MODES = ("eager", "lazy", "compile", ANY)
 # Metrics that live outside record["metrics"]; rows may use either speed name.
 SPEED_METRICS = ("fps", "samples_per_s")
 MEMORY_METRIC = "peak_memory_bytes"
-KEY_AXES = ("backend", "device", "precision", "mode", "world_size")
+PERF_METRICS = (*SPEED_METRICS, MEMORY_METRIC)
+KEY_AXES = ("backend", "device", "precision", "weights_dtype", "mode", "world_size")
+# `--set` keys that change neither the model, the data nor the numbers: never configuration.
+NOT_CONFIG_KEYS = frozenset({"num_workers", "eval_batch_size"})
+
+
+def canon(value: Any) -> str:
+    """One spelling per value, so `(256, 704)`, `256,704` and [256, 704] compare equal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"{float(value):.12g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(canon(v) for v in value)
+    text = str(value).strip()
+    if text[:1] in "([" and text[-1:] in ")]":
+        text = text[1:-1]
+    if "," in text:
+        return ",".join(canon(t) for t in text.split(",") if t.strip())
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    try:
+        return canon(float(text))
+    except ValueError:
+        return text
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """`key=value;key=value` -> {key: canonical value}; raises ValueError naming the fault."""
+    out: dict[str, str] = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"{item!r} is not key=value")
+        if key.strip() in out:
+            raise ValueError(f"key {key.strip()!r} given twice")
+        out[key.strip()] = canon(value)
+    return out
+
+
+def format_config(config: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(config.items()))
 
 
 @dataclasses.dataclass(frozen=True)
 class RefRow:
     scale: str
+    kind: str  # train | eval
+    config: str  # canonical key=value;... (format_config), "" = the preset's defaults
     backend: str
     device: str
     precision: str
+    weights_dtype: str
     mode: str
     world_size: str  # digits or "any"
     metric: str
@@ -48,17 +93,21 @@ class RefRow:
     line: int = 0
 
     @property
+    def settings(self) -> dict[str, str]:
+        return parse_config(self.config)
+
+    @property
     def group(self) -> tuple[str, ...]:
-        return tuple(getattr(self, a) for a in KEY_AXES)
+        return (self.kind, self.config, *(getattr(self, a) for a in KEY_AXES))
 
     def band(self) -> float:
         """The allowed distance from `value` in the metric's own unit."""
         return self.tolerance * abs(self.value) if self.tolerance_kind == "rel" else self.tolerance
 
     def as_csv(self) -> list[str]:
-        return [self.scale, self.backend, self.device, self.precision, self.mode,
-                self.world_size, self.metric, _fmt(self.value), _fmt(self.tolerance),
-                self.tolerance_kind, self.direction, self.source]
+        return [self.scale, self.kind, self.config, self.backend, self.device, self.precision,
+                self.weights_dtype, self.mode, self.world_size, self.metric, _fmt(self.value),
+                _fmt(self.tolerance), self.tolerance_kind, self.direction, self.source]
 
 
 def _fmt(x: float) -> str:
@@ -84,36 +133,45 @@ def _parse_row(path: Path, line: int, raw: dict[str, str]) -> RefRow:
             raise _bad(path, line, col, f"not finite: {vals[col]!r}")
     if numbers["tolerance"] < 0:
         raise _bad(path, line, "tolerance", "must be >= 0")
-    choices = {"tolerance_kind": ("abs", "rel"), "direction": ("higher", "lower"),
-               "precision": PRECISIONS, "mode": MODES}
+    choices = {"kind": KINDS, "tolerance_kind": ("abs", "rel"), "direction": ("higher", "lower"),
+               "precision": PRECISIONS, "weights_dtype": PRECISIONS, "mode": MODES}
     for col, allowed in choices.items():
         if vals[col] not in allowed:
             raise _bad(path, line, col, f"{vals[col]!r} is not one of {', '.join(allowed)}")
     ws = vals["world_size"]
     if ws != ANY and not (ws.isdigit() and int(ws) > 0):
         raise _bad(path, line, "world_size", f"{ws!r} is not a positive int or 'any'")
-    return RefRow(vals["scale"], vals["backend"], vals["device"] or "unstated", vals["precision"],
-                  vals["mode"], vals["world_size"], vals["metric"], numbers["value"],
-                  numbers["tolerance"], vals["tolerance_kind"], vals["direction"], vals["source"],
-                  str(path), line)
+    try:
+        config = format_config(parse_config(vals["config"]))
+    except ValueError as exc:
+        raise _bad(path, line, "config", f"{exc} (expected key=value;key=value)") from None
+    return RefRow(vals["scale"], vals["kind"], config, vals["backend"], vals["device"] or "unstated",
+                  vals["precision"], vals["weights_dtype"], vals["mode"], ws, vals["metric"],
+                  numbers["value"], numbers["tolerance"], vals["tolerance_kind"],
+                  vals["direction"], vals["source"], str(path), line)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> csv.DictReader:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"no reference table {path}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = tuple(h.strip() for h in (reader.fieldnames or ()))
+    if header != columns:
+        missing = [c for c in columns if c not in header]
+        extra = [c for c in header if c not in columns]
+        moved = [c for c, h in zip(columns, header, strict=False) if c != h]
+        col = (missing or extra or moved or ["?"])[0]
+        why = ("missing" if missing else "unexpected" if extra else "out of order")
+        raise _bad(path, 1, col, f"{why}; the header must be exactly: {','.join(columns)}")
+    return reader
 
 
 def load_table(path: Path) -> list[RefRow]:
     """Parse and validate one table; a malformed one raises UsageError naming line and column."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"no reference table {path}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    header = tuple(h.strip() for h in (reader.fieldnames or ()))
-    if header != COLUMNS:
-        missing = [c for c in COLUMNS if c not in header]
-        extra = [c for c in header if c not in COLUMNS]
-        moved = [c for c, h in zip(COLUMNS, header, strict=False) if c != h]
-        col = (missing or extra or moved or ["?"])[0]
-        why = ("missing" if missing else "unexpected" if extra else "out of order")
-        raise _bad(path, 1, col, f"{why}; the header must be exactly: {','.join(COLUMNS)}")
+    reader = _read_csv(path, COLUMNS)
     rows: list[RefRow] = []
     seen: dict[tuple[str, ...], int] = {}
     for raw in reader:
@@ -129,6 +187,35 @@ def load_table(path: Path) -> list[RefRow]:
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """`workload` run with `config` is the workload `same_as` at its defaults."""
+
+    workload: str
+    config: dict[str, str]
+    same_as: str
+    line: int
+
+
+def load_aliases(ref_dir: Path) -> list[Alias]:
+    path = Path(ref_dir) / ALIAS_FILE
+    if not path.exists():
+        return []
+    reader = _read_csv(path, ALIAS_COLUMNS)
+    out = []
+    for raw in reader:
+        vals = {k: (raw.get(k) or "").strip() for k in ALIAS_COLUMNS}
+        for col in ("workload", "config", "same_as"):
+            if not vals[col]:
+                raise _bad(path, reader.line_num, col, "empty")
+        try:
+            config = parse_config(vals["config"])
+        except ValueError as exc:
+            raise _bad(path, reader.line_num, "config", str(exc)) from None
+        out.append(Alias(vals["workload"], config, vals["same_as"], reader.line_num))
+    return out
+
+
 def reference_dir(explicit: Path | None = None) -> Path:
     """--reference-dir, else $HARNESS_REFERENCE_DIR, else ./reference_results, else the repo's."""
     if explicit is not None:
@@ -141,6 +228,12 @@ def reference_dir(explicit: Path | None = None) -> Path:
 
 def table_path(workload: str, ref_dir: Path) -> Path:
     return Path(ref_dir) / f"{workload}.csv"
+
+
+def workload_tables(ref_dir: Path) -> list[Path]:
+    """Every `<workload>.csv` (the alias and gate-threshold files are not tables)."""
+    return sorted(p for p in Path(ref_dir).glob("*.csv")
+                  if p.name not in (ALIAS_FILE, "gate_thresholds.csv"))
 
 
 # ------------------------------------------------------------------------- records
@@ -166,6 +259,41 @@ def record_device(record: dict[str, Any]) -> str:
     return str((record.get("env") or {}).get("device_name") or "unstated")
 
 
+def record_kind(record: dict[str, Any]) -> str:
+    return str(record.get("kind") or "train")
+
+
+def record_weights_dtype(record: dict[str, Any]) -> str:
+    """Records from before the field existed were all fp32-weight runs."""
+    return str(record.get("weights_dtype") or "fp32")
+
+
+def record_overrides(record: dict[str, Any]) -> dict[str, str]:
+    """The run's `--set` overrides that are configuration (canonical values)."""
+    run = (record.get("config") or {}).get("run") or {}
+    out: dict[str, str] = {}
+    for item in run.get("overrides") or []:
+        key, _, value = str(item).partition("=")
+        if key.strip().split(".")[0] not in NOT_CONFIG_KEYS:
+            out[key.strip()] = canon(value)
+    return out
+
+
+_MISSING = object()
+
+
+def record_setting(record: dict[str, Any], key: str) -> str | None:
+    """The run's resolved value of a (dotted) workload config key, else its override, else
+    None when the record does not say."""
+    node: Any = (record.get("config") or {}).get("workload")
+    for part in key.split("."):
+        node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+    if node is not _MISSING:
+        return canon(node)
+    return record_overrides(record).get(key)
+
+
+
 def record_value(record: dict[str, Any], metric: str) -> tuple[float | None, str]:
     """(value, why-not) for a metric, speed or memory row; value None when not comparable."""
     if metric in SPEED_METRICS:
@@ -187,139 +315,3 @@ def record_value(record: dict[str, Any], metric: str) -> tuple[float | None, str
         return float(v), ""
     except (TypeError, ValueError):
         return float("nan"), f"not a number: {v!r}"
-
-
-# ------------------------------------------------------------------------- matching
-@dataclasses.dataclass
-class Match:
-    rows: list[RefRow]
-    reason: str
-
-    def describe(self) -> str:
-        r = self.rows[0]
-        spans: list[list[int]] = []
-        for n in sorted({x.line for x in self.rows}):
-            if spans and n == spans[-1][1] + 1:
-                spans[-1][1] = n
-            else:
-                spans.append([n, n])
-        where = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
-        ws = r.world_size if r.world_size == ANY else f"ws{r.world_size}"
-        return (f"{Path(r.file).name} lines {where}: {r.backend}/{r.device}/"
-                f"{r.precision}/{r.mode}/{ws} — {self.reason}")
-
-
-def _axis(row_value: str, record_value: str) -> int:
-    return 2 if row_value == record_value else 1 if row_value == ANY else 0
-
-
-def _reason(row: RefRow, rec: dict[str, str]) -> str:
-    parts: list[str] = []
-    labels = {"backend": "backend", "precision": "precision", "world_size": "world size",
-              "mode": "mode"}
-    for axis, label in labels.items():
-        rv, mv = getattr(row, axis), rec[axis]
-        if rv == mv:
-            parts.append(f"same {label}")
-        elif rv == ANY:
-            parts.append(f"{label} not stated by the source")
-        else:
-            parts.append(f"other {label} (row {rv}, record {mv})")
-    if all(p.startswith("same") for p in parts):
-        return "exact match" + ("" if row.device in (rec["device"], "unstated")
-                                else f" (row device {row.device})")
-    return ", ".join(parts)
-
-
-def match_record(record: dict[str, Any], rows: Sequence[RefRow]) -> Match | None:
-    """The closest row set of the record's scale, or None if the scale has no rows."""
-    rec = {"backend": str(record.get("backend")), "precision": str(record.get("precision")),
-           "mode": str(record.get("mode")), "world_size": str(record.get("world_size") or 1),
-           "device": record_device(record)}
-    same_scale = [r for r in rows if r.scale == record.get("scale")]
-    if not same_scale:
-        return None
-    groups: dict[tuple[str, ...], list[RefRow]] = {}
-    for r in same_scale:
-        groups.setdefault(r.group, []).append(r)
-
-    def score(group: list[RefRow]) -> tuple[int, ...]:
-        r = group[0]
-        return (_axis(r.backend, rec["backend"]), _axis(r.precision, rec["precision"]),
-                _axis(r.world_size, rec["world_size"]), _axis(r.mode, rec["mode"]),
-                int(r.device == rec["device"]))
-
-    best = max(groups.values(), key=score)  # max keeps the first of equals: file order
-    return Match(best, _reason(best[0], rec))
-
-
-# ------------------------------------------------------------------------- comparing
-@dataclasses.dataclass
-class Verdict:
-    metric: str
-    measured: float | None
-    row: RefRow
-    status: str  # pass | FAIL | missing | skip
-    note: str = ""
-
-
-def compare_value(measured: float, row: RefRow) -> bool:
-    """Higher-is-better fails only below value - band; lower-is-better only above value + band."""
-    if math.isnan(measured):
-        return False
-    band = row.band()
-    if row.direction == "higher":
-        return measured >= row.value - band
-    return measured <= row.value + band
-
-
-def compare(record: dict[str, Any], match: Match) -> list[Verdict]:
-    out: list[Verdict] = []
-    for row in match.rows:
-        value, why = record_value(record, row.metric)
-        if value is None:
-            status = "skip" if "not meaningful" in why else "missing"
-            out.append(Verdict(row.metric, None, row, status, why))
-        else:
-            ok = compare_value(value, row)
-            out.append(Verdict(row.metric, value, row, "pass" if ok else "FAIL", why))
-    return out
-
-
-@dataclasses.dataclass
-class CheckResult:
-    record: dict[str, Any]
-    table: Path
-    match: Match | None
-    verdicts: list[Verdict]
-    passed: bool
-    summary: str
-
-
-def check_record(record: dict[str, Any], ref_dir: Path) -> CheckResult:
-    """Match and compare one record; never a pass without a matched, compared metric."""
-    table = table_path(str(record.get("workload")), ref_dir)
-    if not table.exists():
-        return CheckResult(record, table, None, [], False, f"no reference table {table}")
-    rows = load_table(table)
-    match = match_record(record, rows)
-    if match is None:
-        scales = sorted({r.scale for r in rows})
-        return CheckResult(record, table, None, [], False,
-                           f"no matching row: {table.name} has no rows for scale "
-                           f"'{record.get('scale')}' "
-                           f"(scales present: {', '.join(scales) or 'none'})")
-    verdicts = compare(record, match)
-    bad = [v.metric for v in verdicts if v.status in ("FAIL", "missing")]
-    compared = [v for v in verdicts if v.status in ("pass", "FAIL")]
-    if record.get("status") != "ok":
-        err = str(record.get("error") or "").strip().splitlines()
-        return CheckResult(record, table, match, verdicts, False,
-                           f"run status is '{record.get('status')}'"
-                           + (f": {err[0]}" if err else ""))
-    if bad:
-        return CheckResult(record, table, match, verdicts, False, "failed: " + ", ".join(bad))
-    if not compared:
-        return CheckResult(record, table, match, verdicts, False,
-                           "no metric could be compared (all skipped)")
-    return CheckResult(record, table, match, verdicts, True, "pass")

@@ -1,65 +1,30 @@
 """The report verbs of `harness`: check, parity, gate (loaded by harness/cli.py via VERBS).
 
 Each `add(subparsers)` adds one verb; its func returns the exit code (0 ok, 1 failed).
-`check --update` lives here because its provenance comes from the command line that made
-the records; the matching and comparing live in harness/reference.py.
+Building these parsers and running check, parity tables and gate imports neither torch nor
+any workload plugin (harness/cli.py loads plugins only for the verbs that need them):
+matching lives in harness/checking.py, `check --update` in harness/check_update.py.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import os
-import shlex
-import statistics
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import EXIT_FAILED, EXIT_OK, UsageError
-from harness.reference import (
-    COLUMNS,
-    MEMORY_METRIC,
-    CheckResult,
-    RefRow,
-    check_record,
-    load_records,
-    load_table,
-    record_device,
-    record_value,
-    reference_dir,
-    table_path,
-)
+from harness.reference import load_records, reference_dir
 
-# Tolerance of measured rows: max(3 x sample std over the runs, a floor). The floor keeps a
-# lucky run of identical results from producing a zero band; a single run gets the floor.
-ABS_FLOOR, REL_FLOOR = 0.01, 0.02
-PERF_REL_FLOOR = {"fps": 0.25, MEMORY_METRIC: 0.10}  # shared CI hosts: speed is noisy
+if TYPE_CHECKING:
+    from harness.checking import CheckResult
 
 
 # ----------------------------------------------------------------------------- check
-def write_table(path: Path, rows: Sequence[RefRow]) -> None:
-    """Write the whole table atomically (temp file in the same folder, then rename)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(r.as_csv() for r in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _render_check(res: CheckResult) -> str:
     rec = res.record
-    lines = [f"record: {rec.get('_path')} ({rec.get('workload')} {rec.get('scale')}, "
-             f"{rec.get('backend')} {rec.get('precision')} {rec.get('mode')} "
+    lines = [f"record: {rec.get('_path')} ({rec.get('workload')} {rec.get('scale')} "
+             f"{rec.get('kind') or 'train'}, {rec.get('backend')} {rec.get('precision')} "
+             f"(weights {rec.get('weights_dtype') or 'fp32'}) {rec.get('mode')} "
              f"ws={rec.get('world_size')}, status {rec.get('status')})"]
     if res.match is None:
         return "\n".join([*lines, f"  {res.summary}", "  result: FAIL (no matching row)"])
@@ -78,104 +43,10 @@ def _render_check(res: CheckResult) -> str:
     return "\n".join(lines)
 
 
-def _command(record: dict[str, Any]) -> str:
-    """The command that made the record: its argv, or rebuilt from the config when the run
-    came from inside another program (pytest, a notebook)."""
-    argv = list((record.get("env") or {}).get("argv") or [])
-    if argv and Path(argv[0]).name == "harness":
-        return shlex.join(["harness", *argv[1:]])
-    run = (record.get("config") or {}).get("run") or {}
-    parts = ["harness", "run", str(record.get("workload")), "--backend", str(record.get("backend")),
-             "--precision", str(record.get("precision")), "--scale", str(record.get("scale"))]
-    if record.get("mode"):
-        parts.append(f"--{record['mode']}")
-    if record.get("emulated"):
-        parts.append("--emulate")
-    if (record.get("world_size") or 1) > 1:
-        parts += ["--nproc", str(record["world_size"])]
-    for key, flag in (("steps", "--steps"), ("epochs", "--epochs"), ("seed", "--seed")):
-        if run.get(key) is not None:
-            parts += [flag, str(run[key])]
-    for item in run.get("overrides") or []:
-        parts += ["--set", str(item)]
-    return shlex.join(parts) + " (rebuilt from the record's config)"
-
-
-def _directions(workload: str, existing: Sequence[RefRow]) -> dict[str, str]:
-    out = {r.metric: r.direction for r in existing}
-    try:
-        from harness import plugins
-
-        out.update(plugins.get_workload(workload).metrics)
-    except UsageError:
-        pass  # workload not installed here: fall back to the table's own directions
-    out.update({"fps": "higher", MEMORY_METRIC: "lower"})
-    return out
-
-
-def measured_rows(records: Sequence[dict[str, Any]], existing: Sequence[RefRow],
-                  with_perf: bool) -> tuple[list[RefRow], list[str]]:
-    """Rows for the records' (scale, backend, device, precision, mode, world_size), and the
-    metrics left out because no direction is declared for them (by the workload or table)."""
-    first = records[0]
-    directions = _directions(str(first.get("workload")), existing)
-    emitted = list(first.get("metrics") or {})
-    names = [m for m in emitted if m in directions]
-    names += ["fps", MEMORY_METRIC] if with_perf else []
-    sha = (first.get("env") or {}).get("git_sha") or "unknown commit"
-    seeds = sorted({r.get("seed") for r in records}, key=str)
-    rows: list[RefRow] = []
-    for name in names:
-        values = [v for v, _ in (record_value(r, name) for r in records) if v is not None]
-        if not values:
-            continue
-        mean = statistics.fmean(values)
-        spread = 3 * statistics.stdev(values) if len(values) > 1 else 0.0
-        if name in PERF_REL_FLOOR:  # speed/memory: relative, they scale with the hardware
-            kind, tol = "rel", max(spread / abs(mean) if mean else 0.0, PERF_REL_FLOOR[name])
-            floor = f"{PERF_REL_FLOOR[name]:.0%}"
-        else:
-            kind, tol = "abs", max(spread, ABS_FLOOR, REL_FLOOR * abs(mean))
-            floor = f"max({ABS_FLOOR:g}, {REL_FLOOR:.0%} of value)"
-        how = (f"n={len(values)} runs (seeds {', '.join(map(str, seeds))}), tolerance = "
-               f"max(3 x std, floor {floor})" if len(values) > 1
-               else f"single run, tolerance = floor {floor}")
-        rows.append(RefRow(str(first.get("scale")), str(first.get("backend")), record_device(first),
-                           str(first.get("precision")), str(first.get("mode")),
-                           str(first.get("world_size") or 1), name, mean, round(tol, 6), kind,
-                           directions[name], f"measured: {_command(first)} @ {sha}; {how}"))
-    return rows, [m for m in emitted if m not in directions]
-
-
-def update_tables(records: Sequence[dict[str, Any]], ref_dir: Path, with_perf: bool) -> list[str]:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for rec in records:
-        if rec.get("status") != "ok":
-            raise UsageError(f"{rec.get('_path')}: status '{rec.get('status')}'; "
-                             "reference values are only taken from ok runs")
-        key = (str(rec.get("workload")), str(rec.get("scale")), str(rec.get("backend")),
-               record_device(rec), str(rec.get("precision")), str(rec.get("mode")),
-               str(rec.get("world_size") or 1))
-        groups.setdefault(key, []).append(rec)
-    done = []
-    for key, recs in groups.items():
-        path = table_path(key[0], ref_dir)
-        existing = load_table(path) if path.exists() else []
-        new, skipped = measured_rows(recs, existing, with_perf)
-        if not new:
-            raise UsageError(f"nothing to write for {key[0]}: no direction is declared for "
-                             f"{', '.join(skipped) or 'any metric'} (is the workload installed?)")
-        replaced = {(r.scale, *r.group, r.metric) for r in new}
-        kept = [r for r in existing if (r.scale, *r.group, r.metric) not in replaced]
-        write_table(path, kept + new)
-        done.append(f"updated {path}: {len(new)} rows for {'/'.join(key[1:])} "
-                    f"from {len(recs)} run(s)"
-                    + (f"; no direction declared, not written: {', '.join(skipped)}"
-                       if skipped else ""))
-    return done
-
-
 def cmd_check(args: argparse.Namespace) -> int:
+    from harness.check_update import update_tables
+    from harness.checking import check_record
+
     ref_dir = reference_dir(args.reference_dir)
     records = load_records(args.records)
     if args.update:

@@ -58,9 +58,9 @@ def test_markdown_table_has_deltas_and_verdicts(runs: list[Path],
 def test_reference_row_supplies_the_tolerance(runs: list[Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "tiny.csv").write_text(
-        "scale,backend,device,precision,mode,world_size,metric,value,tolerance,tolerance_kind,"
-        "direction,source\n"
-        "smoke,cpu,any-cpu,fp32,eager,1,accuracy,1.0,0.25,abs,higher,measured here\n")
+        "scale,kind,config,backend,device,precision,weights_dtype,mode,world_size,metric,value,"
+        "tolerance,tolerance_kind,direction,source\n"
+        "smoke,train,,cpu,any-cpu,fp32,fp32,eager,1,accuracy,1.0,0.25,abs,higher,measured here\n")
     assert main(["parity", *map(str, runs), "--reference-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "reference tiny.csv:2 (abs 0.25; measured here)" in out

@@ -9,16 +9,16 @@ from typing import Any, Iterator
 import pytest
 
 from harness import plugins
+from harness.checking import check_record, compare_value, match_record
 from harness.cli import main
 from harness.config import RunConfig
 from harness.errors import UsageError
 from harness.records import write_json_atomic
-from harness.reference import COLUMNS, RefRow, check_record, compare_value, load_table, match_record
+from harness.reference import COLUMNS, RefRow, load_table, workload_tables
 from harness.runner import execute
 
 REPO = Path(__file__).resolve().parent.parent
-PUBLISHED = sorted(p for p in (REPO / "reference_results").glob("*.csv")
-                   if p.name != "gate_thresholds.csv")
+PUBLISHED = workload_tables(REPO / "reference_results")
 HEADER = ",".join(COLUMNS)
 
 
@@ -61,9 +61,9 @@ def _record(**kw: Any) -> dict[str, Any]:
     return rec
 
 
-ROWS = """full,cuda,V100,fp32,eager,8,AP,0.309,0.01,abs,higher,paper A
-full,npu,unstated,any,eager,8,AP,0.305,0.01,abs,higher,vendor B
-full,npu,unstated,any,eager,8,fps,45,0.1,rel,higher,vendor B
+ROWS = """full,train,,cuda,V100,fp32,fp32,eager,8,AP,0.309,0.01,abs,higher,paper A
+full,train,,npu,unstated,any,any,eager,8,AP,0.305,0.01,abs,higher,vendor B
+full,train,,npu,unstated,any,any,eager,8,fps,45,0.1,rel,higher,vendor B
 """
 
 
@@ -78,19 +78,20 @@ def test_published_tables_load_with_sources(path: Path) -> None:
 
 def test_yolov3_ap_is_a_fraction() -> None:
     rows = [r for r in load_table(REPO / "reference_results/yolov3.csv")
-            if r.scale == "full" and r.metric == "AP"]
+            if r.scale == "full" and r.metric == "AP" and "input_size=416" in r.config]
     assert [r.value for r in rows] == [0.309] and "30.9" in rows[0].source
 
 
 def test_malformed_csv_names_file_line_and_column(tmp_path: Path) -> None:
-    bad_value = _table(tmp_path, ROWS + "full,cuda,V100,fp32,eager,8,NDS,high,0.01,abs,higher,x\n")
+    bad_value = _table(tmp_path, ROWS + "full,train,,cuda,V100,fp32,fp32,eager,8,NDS,high,0.01,"
+                                        "abs,higher,x\n")
     with pytest.raises(UsageError, match=r"w\.csv: line 5, column 'value'"):
         load_table(bad_value)
-    bad_kind = _table(tmp_path, "full,cuda,V100,fp32,eager,8,AP,0.3,0.01,pct,higher,x\n")
+    bad_kind = _table(tmp_path, "full,train,,cuda,V100,fp32,fp32,eager,8,AP,0.3,0.01,pct,higher,x\n")
     with pytest.raises(UsageError, match="line 2, column 'tolerance_kind'"):
         load_table(bad_kind)
     (tmp_path / "h.csv").write_text("scale,backend,metric\nfull,cuda,AP\n")
-    with pytest.raises(UsageError, match=r"h\.csv: line 1, column 'device': missing"):
+    with pytest.raises(UsageError, match=r"h\.csv: line 1, column 'kind': missing"):
         load_table(tmp_path / "h.csv")
     dup = _table(tmp_path, ROWS + ROWS.splitlines()[0] + "\n")
     with pytest.raises(UsageError, match="line 5, column 'metric': duplicate of line 2"):
@@ -118,9 +119,11 @@ def test_full_rows_never_match_a_smoke_record() -> None:
 
 
 def test_direction_and_tolerance_rules() -> None:
-    hi = RefRow("full", "cuda", "-", "fp32", "eager", "8", "AP", 0.30, 0.01, "abs", "higher", "s")
+    hi = RefRow("full", "train", "", "cuda", "-", "fp32", "fp32", "eager", "8", "AP", 0.30, 0.01,
+                "abs", "higher", "s")
     assert compare_value(0.291, hi) and compare_value(0.9, hi) and not compare_value(0.289, hi)
-    lo = RefRow("full", "cuda", "-", "fp32", "eager", "8", "mATE", 0.60, 0.05, "rel", "lower", "s")
+    lo = RefRow("full", "train", "", "cuda", "-", "fp32", "fp32", "eager", "8", "mATE", 0.60, 0.05,
+                "rel", "lower", "s")
     assert compare_value(0.629, lo) and compare_value(0.1, lo) and not compare_value(0.631, lo)
     assert not compare_value(float("nan"), hi)
 
@@ -168,7 +171,7 @@ def test_check_update_then_pass_then_fail(tiny_runs: list[Path], tmp_path: Path,
 def test_update_replaces_rows_of_the_same_key(tiny_runs: list[Path], tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     ref.mkdir()
-    _table(ref, "full,cuda,V100,fp32,eager,8,accuracy,0.9,0.01,abs,higher,paper\n",
+    _table(ref, "full,train,,cuda,V100,fp32,fp32,eager,8,accuracy,0.9,0.01,abs,higher,paper\n",
            "tiny.csv")
     for _ in range(2):
         assert main(["check", str(tiny_runs[0]), "--update", "--reference-dir", str(ref)]) == 0

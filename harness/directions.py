@@ -1,0 +1,64 @@
+"""Which way is better for each metric, without importing a workload (or torch).
+
+Report verbs must run where a plugin is broken or torch is absent, so a metric's direction
+comes from, in order: the record itself (`metric_directions`, the workload's declaration,
+when the runner wrote it), the workload's reference table (every row states a direction),
+then naming rules for the metric families the workloads emit (COCO AP/AR at every IoU,
+size and detection count; nuScenes mAP/NDS and mATE..mAAE errors; F1, IoU, OLS, DET/TOP).
+A metric none of these covers has no direction: parity then says DIFFERS, never WORSE.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+from harness.reference import MEMORY_METRIC, RefRow
+
+_RULES: tuple[tuple[str, str, str], ...] = (
+    (r"^mA[TSOVA]E$", "lower", "nuScenes true-positive error"),
+    (r"(^|_)(error|err|loss|latency|time_s|time)$", "lower", "error/loss/time"),
+    (r"^(fps|samples_per_s)$", "higher", "throughput"),
+    (rf"^{MEMORY_METRIC}$", "lower", "memory"),
+    (r"^m?AP(\d+|_\w+)?$", "higher", "COCO/nuScenes average precision"),
+    (r"^AR(\d+|_\w+)?$", "higher", "COCO average recall"),
+    (r"^(NDS|OLS|mIoU|IoU|F1|accuracy|acc|recall|precision)$", "higher", "score"),
+    (r"(^|_)(F1|IoU|mIoU|accuracy|AP|AR|recall)$", "higher", "score"),
+    (r"^(DET|TOP)_[a-z]+$", "higher", "OpenLane-V2 score"),
+)
+
+
+def rule_direction(metric: str) -> tuple[str, str]:
+    """(direction, why) from the metric's name; ("", "unknown") when no rule covers it."""
+    for pattern, direction, why in _RULES:
+        if re.search(pattern, metric):
+            return direction, f"name rule ({why})"
+    return "", "unknown"
+
+
+def metric_directions(records: Sequence[dict[str, Any]], rows: Iterable[RefRow] = (),
+                      names: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
+    """metric -> (direction, source) for every metric in the records, rows and `names`."""
+    out: dict[str, tuple[str, str]] = {}
+    for rec in records:
+        for metric, direction in (rec.get("metric_directions") or {}).items():
+            if direction in ("higher", "lower"):
+                out.setdefault(metric, (direction, "workload (record)"))
+    for row in rows:
+        out.setdefault(row.metric, (row.direction, "reference table"))
+    wanted = list(names) + [m for rec in records for m in (rec.get("metrics") or {})]
+    for metric in wanted:
+        if metric not in out:
+            out[metric] = rule_direction(metric)
+    return out
+
+
+def headline_order(records: Sequence[dict[str, Any]], rows: Iterable[RefRow] = ()) -> list[str]:
+    """The primary metric, then the workload's declared (headline) metrics, then the rest."""
+    order: list[str] = []
+    emitted = [m for rec in records for m in (rec.get("metrics") or {})]
+    primary = next((str(r["primary_metric"]) for r in records if r.get("primary_metric")), "")
+    declared = [m for r in records for m in (r.get("metric_directions") or {})]
+    for metric in [primary, *declared, *(r.metric for r in rows), *emitted]:
+        if metric and metric in emitted and metric not in order:
+            order.append(metric)
+    return order
