@@ -3,14 +3,21 @@ harness/deepspeed_strategy.py). The runner talks to one `Strategy` and never bra
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, TypeVar
 
 import torch
 
 if TYPE_CHECKING:
     from harness.api import Backend
     from harness.config import RunConfig
+
+T = TypeVar("T")
+# How long the other ranks wait while rank 0 evaluates (host-side gloo barrier, so no device
+# collective watchdog fires): a full nuScenes val pass plus the devkit's scoring fits easily.
+MAIN_ONLY_TIMEOUT = timedelta(hours=int(os.environ.get("HARNESS_EVAL_WAIT_HOURS", "6")))
 
 
 class Strategy:
@@ -26,6 +33,7 @@ class Strategy:
         self.local_rank = 0
         self.grad_accum = 1
         self.workload_config: Any = None
+        self._wait_group: Any = None  # process group for on_main_only's barriers
 
     @property
     def is_main(self) -> bool:
@@ -43,6 +51,33 @@ class Strategy:
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         inner = getattr(model, "module", model)
         return getattr(inner, "_orig_mod", inner)  # torch.compile's wrapper
+
+    def micro_step(self, model: torch.nn.Module, last: bool) -> ContextManager[Any]:
+        """Wraps one micro-batch's forward and backward; `last` is the accumulation boundary.
+
+        Single process: nothing to do. DDP skips the gradient all-reduce on all but the last.
+        """
+        return contextlib.nullcontext()
+
+    def on_main_only(self, fn: Callable[[], T]) -> T | None:
+        """Run `fn` on rank 0 while the other ranks wait at a barrier; None on those ranks.
+
+        For work outside the collective schedule (evaluation between training steps): nothing
+        else may be in flight on any rank, so no rank can enter a collective that rank 0 does
+        not match. Multi-process strategies without their own wait group (DeepSpeed) wait on
+        the default group.
+        """
+        if self.world_size == 1:
+            return fn()
+        import torch.distributed as dist
+
+        dist.barrier(group=self._wait_group)  # every rank is done with its step's collectives
+        try:
+            return fn() if self.is_main else None
+        finally:
+            # Rank 0 reaches this barrier even when fn raises, so the others are released
+            # and end on their own (the launcher then stops them with rank 0's failure).
+            dist.barrier(group=self._wait_group)
 
     def backward(self, loss: torch.Tensor, scaler: Any | None) -> None:
         # Average, not sum, over accumulated micro-batches: the lr means the same at any N.
@@ -74,9 +109,6 @@ class Strategy:
     def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
         return default
 
-    def all_reduce_sum(self, value: float) -> float:
-        return value
-
     def teardown(self) -> None:
         pass
 
@@ -96,6 +128,9 @@ class DDPStrategy(Strategy):
         backend.prepare_distributed()
         if not dist.is_initialized():
             dist.init_process_group(backend=backend.capabilities.dist_backend)
+        # A host-side group for waiting on rank 0: a device barrier (nccl/hccl) would run into
+        # the collective watchdog's timeout during a long evaluation.
+        self._wait_group = dist.new_group(backend="gloo", timeout=MAIN_ONLY_TIMEOUT)
 
     def wrap(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: RunConfig
@@ -106,12 +141,11 @@ class DDPStrategy(Strategy):
         ids = [device.index] if device.type != "cpu" and device.index is not None else None
         return DistributedDataParallel(model, device_ids=ids), optimizer
 
-    def all_reduce_sum(self, value: float) -> float:
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item())
+    def micro_step(self, model: torch.nn.Module, last: bool) -> ContextManager[Any]:
+        # Gradients of the earlier micro-batches accumulate locally; the last backward
+        # all-reduces the sum once (forward and backward must both be inside no_sync).
+        no_sync = getattr(model, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
     def teardown(self) -> None:
         import torch.distributed as dist

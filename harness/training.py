@@ -105,17 +105,18 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
         data_time = 0.0
         samples = 0
         terms_sum: dict[str, torch.Tensor] = {}
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
             batch = next(batches)
             samples += wl.samples(batch)
             batch = to_device(batch, device)
             data_time += time.perf_counter() - t0
-            with backend.trace("forward"), backend.autocast(cfg.precision):
-                terms = wl.loss(run_model, batch)
-            loss = sum(terms.values())
-            with backend.trace("backward"):
-                strategy.backward(loss, scaler)
+            with strategy.micro_step(run_model, last=micro == cfg.grad_accum - 1):
+                with backend.trace("forward"), backend.autocast(cfg.precision):
+                    terms = wl.loss(run_model, batch)
+                loss = sum(terms.values())
+                with backend.trace("backward"):
+                    strategy.backward(loss, scaler)
             backend.after_backward()
             run.micro_steps += 1
             for k, v in terms.items():
@@ -140,8 +141,11 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
         else:
             run.last_log = None
         pm.hook.harness_step_end(run=run, step=run.step)
-        if cfg.eval_interval and run.step % cfg.eval_interval == 0 and not last and strategy.is_main:
-            evaluate(run, data, device, model=run_model)
+        if cfg.eval_interval and run.step % cfg.eval_interval == 0 and not last:
+            # Rank 0 evaluates the unwrapped model (DDP's forward would broadcast buffers from
+            # rank 0 alone) while the other ranks wait at a barrier, not in a collective.
+            strategy.on_main_only(
+                lambda: evaluate(run, data, device, model=strategy.unwrap(run_model)))
             model.train()
     timer.close_window()
     run.memory = backend.memory()
