@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from harness import DatasetError, Datasets, UsageError, Workload, hookimpl
-from workloads.bevdepth.config import CAMERAS, CLASSES, BEVDepthConfig
+from workloads.bevdepth.config import CLASSES, BEVDepthConfig
+from workloads.bevdepth.data_config import config_from_data
 from workloads.bevdepth.head import build_targets
 from workloads.bevdepth.loss import depth_loss, detection_losses
 from workloads.bevdepth.model import BEVDepth
@@ -44,8 +45,10 @@ class BEVDepthWorkload(Workload):
     extra = "bevdepth"
     view_transform = "lss"
 
-    def __init__(self, config: BEVDepthConfig) -> None:
+    def __init__(self, config: BEVDepthConfig, user_set: frozenset[str] = frozenset()) -> None:
         super().__init__(config)
+        # The config fields the user gave explicitly (--set): the data may not override them.
+        self.user_set = frozenset(user_set)
         self._val_infos: list[dict] | None = None
 
     @classmethod
@@ -63,7 +66,7 @@ class BEVDepthWorkload(Workload):
             final_dim=c.image_size, resize_lim=c.ida_resize_lim, bot_pct_lim=c.ida_bot_pct_lim,
             rot_lim=c.ida_rot_lim, rand_flip=c.ida_rand_flip, bda_rot_lim=c.bda_rot_lim,
             bda_scale_lim=c.bda_scale_lim, bda_flip_dx_ratio=c.bda_flip_dx_ratio,
-            bda_flip_dy_ratio=c.bda_flip_dy_ratio, classes=CLASSES, cams=CAMERAS,
+            bda_flip_dy_ratio=c.bda_flip_dy_ratio, classes=CLASSES, cams=tuple(c.cams),
             return_depth=True)
 
     def synthetic_root(self, cache_dir: Path) -> Path:
@@ -97,11 +100,15 @@ class BEVDepthWorkload(Workload):
             if not infos.get(split):
                 raise DatasetError(f"{root}: no samples in the {split} split "
                                    f"(nuscenes_infos_{split}.pkl)")
+        self.config, from_data = config_from_data(
+            c, self.user_set, infos["train"] + infos["val"], root, root / "nuscenes_infos_train.pkl")
         params = self.data_params()
         self._val_infos = infos["val"]
-        return Datasets(train=NuScenesDetDataset(infos["train"], root, params, train=True),
+        data = Datasets(train=NuScenesDetDataset(infos["train"], root, params, train=True),
                         val=NuScenesDetDataset(infos["val"], root, params, train=False),
                         collate=collate_nuscenes, source=source)
+        data.from_data = from_data  # type: ignore[attr-defined]  # contract 1 field
+        return data
 
     @staticmethod
     def _version_of(root: Path) -> str:

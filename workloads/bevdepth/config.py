@@ -46,7 +46,8 @@ class BEVDepthConfig:
     # -- view transform and geometry --
     view_transform: Literal["lss", "matrixvt"] = "lss"
     image_size: tuple[int, int] = (256, 704)  # network input (H, W) after ida
-    num_cams: int = 6
+    num_cams: int = 6  # taken from the data (the cameras every sample has) unless --set
+    cams: tuple[str, ...] = CAMERAS  # input camera order; from the data unless --set
     downsample_factor: int = 16
     x_bound: tuple[float, float, float] = (-51.2, 51.2, 0.8)
     y_bound: tuple[float, float, float] = (-51.2, 51.2, 0.8)
@@ -106,9 +107,11 @@ class BEVDepthConfig:
     grad_clip: float = 5.0
     num_workers: int = 4
     # -- data: augmentation (train only) --
+    # Source camera image (W, H): BEVDepth's ida_aug_conf H, W; taken from the data unless --set.
+    source_image_wh: tuple[int, int] = (1600, 900)
     # Absolute resize of the source image, as BEVDepth: (0.386, 0.55) for 1600x900 -> 256x704
-    # (eval scale 0.44). It also fits smoke's 400x225 -> 64x176 (same ratios); for other
-    # source/input sizes scale it by their eval scale max(fH/H, fW/W) / 0.44.
+    # (eval scale 0.44). Unless --set, datasets() derives it from the data's image size by
+    # BEVDepth's rule (0.386, 0.55) x max(fH/H, fW/W) / 0.44 (bevdepth/data_config.py).
     ida_resize_lim: tuple[float, float] = (0.386, 0.55)
     ida_rot_lim: tuple[float, float] = (-5.4, 5.4)
     ida_rand_flip: bool = True
@@ -171,4 +174,5 @@ class BEVDepthConfig:
             synthetic_scenes=10,
             synthetic_samples_per_scene=20,
             synthetic_image_wh=(400, 225),
+            source_image_wh=(400, 225),
         )
