@@ -78,17 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs that live in their own modules (reference checks, parity, gating)."""
+    """Verbs that live in their own modules (reference checks, parity, gating; eval, export)."""
     adders: list[Callable[[Any], None]] = []
     import importlib
 
-    try:
-        report_cli = importlib.import_module("harness.report_cli")
-    except ModuleNotFoundError as exc:
-        if exc.name != "harness.report_cli":
-            raise
-    else:
-        adders.extend(report_cli.VERBS)
+    for name in ("harness.report_cli", "harness.eval_cli"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+        else:
+            adders.extend(module.VERBS)
     return adders
 
 

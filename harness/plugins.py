@@ -24,6 +24,7 @@ BUILTINS: tuple[str, ...] = (
     "backends.cuda",
     "backends.npu",
     "backends.hpu",
+    "backends.onnxruntime",
     "workloads.yolov3",
     "workloads.bevdepth",
 )

@@ -136,6 +136,17 @@ class YOLOv3Workload(Workload):
         cfg = InferConfig(c.conf_thr, c.score_thr, c.nms_iou, c.nms_pre, c.max_per_img)
         return postprocess(_core(model), model(_images(batch)), batch["meta"], cfg)
 
+    # The eval split of predict() (harness eval times the network apart from the decoding,
+    # and ONNX export covers exactly forward_for_eval's model call).
+    def forward_for_eval(self, model: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
+        return model(_images(batch))
+
+    def postprocess(self, model: nn.Module, outputs: list[torch.Tensor],
+                    batch: dict[str, Any]) -> list[dict[str, Any]]:
+        c = self.config
+        cfg = InferConfig(c.conf_thr, c.score_thr, c.nms_iou, c.nms_pre, c.max_per_img)
+        return postprocess(_core(model), outputs, batch["meta"], cfg)
+
     def evaluate(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
         if self._val is None:
             raise UsageError("yolov3: evaluate() needs datasets() to have loaded the val split")

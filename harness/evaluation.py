@@ -1,0 +1,316 @@
+"""`harness eval`: load trained weights, run the val split, record metrics and inference speed.
+
+The weights come from a run's checkpoint.pt (it names its workload and holds the workload
+config it was trained with) or a bare state dict, always through the safe loader. The
+workload config is built as for a run (preset, --batch-size, --set, then what datasets()
+takes from the data) and must agree with the checkpoint's on every field except the run-only
+ones and those the user set on purpose; otherwise the metrics would describe another model.
+Like a run, anything that goes wrong once the record exists ends in record.json with a status.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import plugins
+from harness.api import Workload
+from harness.config import WORKLOAD_RUN_FIELDS, RunConfig, apply_overrides, config_to_dict
+from harness.errors import HarnessError, RunInterrupted, UsageError
+from harness.inference import raw_output_agreement, run_inference
+from harness.records import SCHEMA, environment, write_json_atomic
+from harness.runner import DEFAULT_CACHE, check_requirements, prepare_backend
+from harness.safe_load import Checkpoint, load_checkpoint, load_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    workload: str
+    checkpoint: Path
+    backend: str = "cpu"
+    mode: str = ""
+    precision: str = "fp32"
+    scale: str | None = None  # None: the preset the checkpoint's config matches
+    data: Path | None = None
+    batch_size: int | None = None  # eval batch size (default: the preset's eval_batch_size)
+    warmup_batches: int | None = None  # None: min(2, batches - 1)
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+    out: Path | None = None
+    cache_dir: Path | None = None
+    num_workers: int | None = None
+    emulate: bool = False
+    onnx: Path | None = None  # inference-only backends: this graph instead of exporting one
+    opset: int | None = None
+    agreement_batches: int = 0  # inference-only backends: batches compared with PyTorch; 0 = all
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in out.items()}
+
+    def user_set(self) -> frozenset[str]:
+        """Workload config fields set on purpose: never compared with the checkpoint's."""
+        keys = {o.split("=", 1)[0].strip().split(".")[0] for o in self.overrides}
+        if self.batch_size is not None:
+            keys.add("eval_batch_size")
+        if self.num_workers is not None:
+            keys.add("num_workers")
+        return frozenset(keys)
+
+
+def _build_config(workload_cls: type[Workload], scale: str, cfg: EvalConfig) -> Any:
+    presets = workload_cls.presets()
+    if scale not in presets:
+        raise UsageError(f"workload {workload_cls.name} has no scale '{scale}' "
+                         f"(valid: {', '.join(presets)})")
+    wcfg = presets[scale]
+    fields = {f.name for f in dataclasses.fields(wcfg)}
+    direct = {"eval_batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
+    wcfg = dataclasses.replace(wcfg, **{k: v for k, v in direct.items()
+                                        if v is not None and k in fields})
+    return apply_overrides(wcfg, cfg.overrides)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_mismatches(current: dict[str, Any], saved: dict[str, Any],
+                      ignore: frozenset[str]) -> list[str]:
+    """'key: checkpoint X, here Y' for each compared field that differs. Fields the checkpoint
+    lacks (added to the workload after it was written) cannot be compared and are skipped."""
+    out = []
+    for key in sorted(set(saved) - ignore):
+        mine = _plain(current[key]) if key in current else "<no such field>"
+        if _plain(saved[key]) != mine:
+            out.append(f"{key}: checkpoint {saved[key]!r}, here {mine!r}")
+    return out
+
+
+def _ignored(cfg: EvalConfig) -> frozenset[str]:
+    return frozenset(WORKLOAD_RUN_FIELDS) | cfg.user_set()
+
+
+def choose_scale(workload_cls: type[Workload], cfg: EvalConfig, ckpt: Checkpoint) -> str:
+    """--scale if given; else the preset whose config is closest to the checkpoint's."""
+    presets = list(workload_cls.presets())
+    if cfg.scale is not None or ckpt.workload_config is None:
+        return cfg.scale or presets[0]
+    counts = {s: len(config_mismatches(config_to_dict(_build_config(workload_cls, s, cfg)),
+                                       ckpt.workload_config, _ignored(cfg))) for s in presets}
+    return min(presets, key=lambda s: counts[s])  # ties: the first (smoke) preset
+
+
+def _instantiate(workload_cls: type[Workload], wcfg: Any, user_set: frozenset[str]) -> Workload:
+    import inspect
+
+    params = inspect.signature(workload_cls.__init__).parameters
+    if "user_set" in params:
+        return workload_cls(wcfg, user_set=user_set)  # type: ignore[call-arg]
+    workload = workload_cls(wcfg)
+    workload.user_set = user_set  # type: ignore[attr-defined]
+    return workload
+
+
+def default_out_dir(cfg: EvalConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"eval-{cfg.workload}-{cfg.backend}-{cfg.precision}-{stamp}"
+
+
+def _status_for(exc: BaseException) -> str:
+    if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
+        return "interrupted"
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return "oom"
+    return "failed"
+
+
+def _memory(backend: Any) -> dict[str, Any]:
+    try:
+        memory = dataclasses.asdict(backend.memory())
+    except Exception as exc:  # noqa: BLE001 - memory is reported, never fatal
+        memory = {"error": repr(exc)}
+    if backend.emulated:
+        memory["meaningful"] = False
+    return memory
+
+
+def _write_predictions(workload: Workload, predictions: list[Any],
+                       out_dir: Path) -> dict[str, Any] | None:
+    writer = getattr(workload, "write_predictions", None)
+    if writer is None:
+        return None
+    pred_dir = out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    info = writer(predictions, pred_dir.resolve())
+    if info is None:
+        if not any(pred_dir.iterdir()):
+            pred_dir.rmdir()
+        return None
+    info = dict(info)
+    if info.get("path"):
+        path = Path(info["path"])
+        info["path"] = os.path.relpath(path.resolve(), out_dir.resolve())
+    return info
+
+
+def prepare_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, Any, str]:
+    """The workload (config resolved, data loaded) that the checkpoint's weights belong to;
+    a checkpoint of another workload or config is a usage error naming the keys."""
+    workload_cls = plugins.get_workload(cfg.workload)
+    check_requirements(workload_cls)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    if ckpt.workload is not None and ckpt.workload != cfg.workload:
+        raise UsageError(f"{cfg.checkpoint} holds a '{ckpt.workload}' model, not "
+                         f"'{cfg.workload}' (mismatching key: workload)")
+    scale = choose_scale(workload_cls, cfg, ckpt)
+    workload = _instantiate(workload_cls, _build_config(workload_cls, scale, cfg), cfg.user_set())
+    data = workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+    if ckpt.workload_config is not None:
+        bad = config_mismatches(config_to_dict(workload.config), ckpt.workload_config,
+                                _ignored(cfg))
+        if bad:
+            raise UsageError(f"{cfg.checkpoint} was trained with another {cfg.workload} config "
+                             f"than scale '{scale}' gives here; mismatching keys: "
+                             + "; ".join(bad) + " (pick --scale, or --set KEY=VALUE)")
+    return workload, ckpt, data, scale
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint; return the record (also written to <out>/record.json).
+
+    Usage errors found before the record exists (bad names, a checkpoint of another
+    workload or config) raise without one; anything later is recorded, then re-raised.
+    """
+    backend = prepare_backend(RunConfig(workload=cfg.workload, backend=cfg.backend, mode=cfg.mode,
+                                        precision=cfg.precision, emulate=cfg.emulate))
+    workload, ckpt, data, scale = prepare_workload(cfg)
+    out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    record: dict[str, Any] = {
+        "schema": SCHEMA, "kind": "eval", "workload": cfg.workload, "scale": scale,
+        "config": {"run": cfg.to_dict(), "workload": config_to_dict(workload.config)},
+        "backend": cfg.backend, "mode": backend.mode, "precision": cfg.precision,
+        "weights_dtype": "fp32", "strategy": "single", "world_size": 1, "seed": cfg.seed,
+        "emulated": backend.emulated, "status": "running", "error": None,
+        "checkpoint": {"path": str(Path(cfg.checkpoint).resolve()), "layout": ckpt.layout,
+                       "step": ckpt.step, "config_checked": ckpt.workload_config is not None},
+        "metrics": {}, "throughput": {}, "memory": {}, "losses": [], "evals": [],
+        "model": {"params": None, "train_flops_per_sample": None}, "predictions": None,
+        "data": {"source": data.source, "from_data": dict(getattr(data, "from_data", {}) or {})},
+        "data_source": data.source, "fallback_ops": [], "env": {},
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": None,
+    }
+    record["out_dir"] = str(out_dir)
+    record_path = out_dir / "record.json"
+    write_json_atomic(record_path, record)
+    error: BaseException | None = None
+    try:
+        _evaluate(cfg, workload, backend, ckpt, data, out_dir, record)
+        record["status"] = "ok"
+    except BaseException as exc:  # noqa: BLE001 - every ending gets a record
+        error = exc
+        record["status"] = _status_for(exc)
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        record["error"] = detail if isinstance(exc, HarnessError) else (
+            detail + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:]))
+    finally:
+        record["duration_s"] = round(time.time() - started, 3)
+        if not record["memory"]:  # ended before the timed window did
+            record["memory"] = _memory(backend)
+        try:
+            record["fallback_ops"] = backend.fallback_report()
+        except Exception:  # noqa: BLE001
+            record["fallback_ops"] = []
+        write_json_atomic(record_path, record)
+        backend.close()
+    if error is not None:
+        raise error
+    return record
+
+
+def _evaluate(cfg: EvalConfig, workload: Workload, backend: Any, ckpt: Checkpoint, data: Any,
+              out_dir: Path, record: dict[str, Any]) -> None:
+    device = backend.setup(0)
+    backend.check_precision(cfg.precision)
+    record["env"] = environment(backend.describe())
+    backend.seed(cfg.seed)
+    torch_model = workload.build_model()
+    load_weights(torch_model, ckpt, cfg.checkpoint)
+    torch_model.eval()
+    record["model"]["params"] = sum(p.numel() for p in torch_model.parameters())
+    wcfg = workload.config
+    batch_size = getattr(wcfg, "eval_batch_size", None) or 1
+    loader = torch.utils.data.DataLoader(
+        data.val, batch_size=batch_size, shuffle=False, collate_fn=data.collate,
+        num_workers=getattr(wcfg, "num_workers", 0) or 0)
+    if len(loader) == 0:
+        raise UsageError("the val split is empty")
+    if getattr(backend, "inference_only", False):
+        model = _graph_model(cfg, workload, backend, torch_model, loader, out_dir, record)
+    else:
+        model = backend.prepare_model(torch_model.to(device))
+    warmup = cfg.warmup_batches if cfg.warmup_batches is not None else 2
+    warmup = max(0, min(warmup, len(loader) - 1))
+    print(f"[harness] eval {cfg.workload} ({record['scale']}) on {backend.name}/{backend.mode}/"
+          f"{cfg.precision}{' (emulated)' if backend.emulated else ''}: {len(loader)} batches of "
+          f"{batch_size}, {warmup} warmup; out {out_dir}", flush=True)
+    result = run_inference(workload, model, loader, backend, cfg.precision, warmup, batch_size)
+    record["memory"] = _memory(backend)  # the timed window's peak, before the extra passes
+    throughput = result.throughput
+    if backend.emulated:
+        throughput["meaningful"] = False
+        throughput["note"] = "emulated device: speed is the CPU emulation's, not hardware's"
+    record["throughput"] = throughput
+    t0 = time.perf_counter()
+    metrics = {k: float(v) for k, v in workload.evaluate(result.predictions).items()}
+    record["metrics"] = metrics
+    record["evals"] = [{"step": ckpt.step, "metrics": metrics,
+                        "eval_samples": len(result.predictions),
+                        "inference_s": round(result.seconds, 3),
+                        "eval_s": round(result.seconds + time.perf_counter() - t0, 3)}]
+    record["predictions"] = _write_predictions(workload, result.predictions, out_dir)
+    if getattr(backend, "inference_only", False):
+        limit = cfg.agreement_batches or None
+        record["raw_output_agreement"] = raw_output_agreement(
+            workload, model, torch_model, itertools.islice(loader, limit), torch.device("cpu"),
+            f"{backend.name} ({', '.join(getattr(backend, 'providers', []) or ['?'])})",
+            "pytorch (cpu, fp32)", output_names=record.get("onnx", {}).get("outputs"))
+    print("[harness] eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+
+
+def _graph_model(cfg: EvalConfig, workload: Workload, backend: Any, torch_model: Any,
+                 loader: Any, out_dir: Path, record: dict[str, Any]) -> Any:
+    """Inference-only backends run an exported graph: export it now, or load --onnx."""
+    from harness.export import DEFAULT_OPSET, capture_forward, export_onnx
+
+    args, outputs = capture_forward(workload, torch_model, next(iter(loader)), torch.device("cpu"))
+    _, spec = torch.utils._pytree.tree_flatten(outputs)
+    if cfg.onnx is not None:
+        path = Path(cfg.onnx)
+        if not path.is_file():
+            raise UsageError(f"no ONNX graph at {path}")
+        from harness.export import output_names
+
+        info = {"path": str(path.resolve()), "exported": False, "outputs": output_names(outputs)}
+    else:
+        path = out_dir / "model.onnx"
+        info = export_onnx(workload, torch_model, args, outputs, path, cfg.opset or DEFAULT_OPSET)
+        info.update(path=os.path.relpath(path.resolve(), out_dir.resolve()), exported=True)
+    record["onnx"] = info
+    graph = backend.load_graph(path, torch_model, spec, args)
+    record["env"] = environment(backend.describe())  # the providers the session really uses
+    return graph

@@ -1,0 +1,150 @@
+"""ONNX export of a workload's network forward (fixed H x W, dynamic batch), checked by onnx.
+
+What is exported is exactly the call the workload makes to its model during evaluation:
+the harness runs one val batch through the eval path with the model wrapped in a recorder,
+and exports the model with those positional tensor arguments. Pre-processing before that
+call and decoding after it stay in Python, shared by the PyTorch and ONNX Runtime paths.
+
+The TorchScript-based exporter (`dynamo=False`) is used: it needs no onnxscript, handles the
+conv/upsample/concat graphs of these models, and names the first op it cannot export.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.api import Workload
+from harness.errors import MissingExtra, UsageError
+from harness.inference import CallRecorder, predict_batch
+from harness.training import to_device
+
+DEFAULT_OPSET = 17
+
+
+class ExportError(UsageError):
+    """The model's forward does not export (an op without an ONNX mapping, control flow)."""
+
+
+def require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise MissingExtra("ONNX export needs onnx: pip install 'perception-harness[onnx]'") from None
+    return onnx
+
+
+def capture_forward(workload: Workload, model: torch.nn.Module, batch: Any,
+                    device: torch.device) -> tuple[tuple[torch.Tensor, ...], Any]:
+    """The positional tensor arguments of the workload's one model call on `batch`, and what
+    the model returned."""
+    recorder = CallRecorder(model)
+    with torch.no_grad():
+        predict_batch(workload, recorder, to_device(batch, device))
+    if not recorder.calls:
+        raise ExportError(f"workload {workload.name}: its eval path never calls the model "
+                          f"object, so there is no forward to export")
+    if len(recorder.calls) > 1:
+        raise ExportError(f"workload {workload.name}: its eval path calls the model "
+                          f"{len(recorder.calls)} times per batch; export covers a single call")
+    args, kwargs, outputs = recorder.calls[0]
+    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ExportError(f"workload {workload.name}: the model is called with "
+                          f"{'keyword' if kwargs else 'non-tensor'} arguments; export takes "
+                          f"positional tensors only")
+    return tuple(args), outputs
+
+
+class _FlatOutputs(torch.nn.Module):
+    """The model with its (nested) outputs flattened to a tuple of tensors, ONNX's view."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.utils._pytree.tree_leaves(self.model(*args)))
+
+
+def output_names(outputs: Any) -> list[str]:
+    """Names for the flattened outputs: their path in the returned structure (out.0, out.cls)."""
+    leaves, _ = torch.utils._pytree.tree_flatten_with_path(outputs)
+    names = []
+    for path, _ in leaves:
+        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        names.append(".".join(["out", *keys]) if keys else "out")
+    return names
+
+
+def _failing_op(message: str) -> str | None:
+    for pattern in (r"operator '([^']+)'", r"operator ([\w:.]+)", r"namespace ([\w:.]+)",
+                    r"aten::[\w.]+|[\w]+::[\w.]+"):
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1) if found.groups() else found.group(0)
+    return None
+
+
+def export_onnx(workload: Workload, model: torch.nn.Module, args: tuple[torch.Tensor, ...],
+                outputs: Any, path: Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+    """Export `model(*args)` to `path` with a dynamic batch axis; check it; describe it."""
+    onnx = require_onnx()
+    model = model.eval()
+    inputs = [f"input_{i}" for i in range(len(args))]
+    names = output_names(outputs)
+    dynamic = {n: {0: "batch"} for n in [*inputs, *names]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo; chosen on purpose.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # The exporter restores the wrapper's train/eval mode afterwards, recursively: a
+            # wrapper left in its default train mode would put BatchNorm in train mode.
+            torch.onnx.export(_FlatOutputs(model).eval(), args, str(path), dynamo=False,
+                              input_names=inputs, output_names=names, dynamic_axes=dynamic,
+                              opset_version=opset, do_constant_folding=True)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "no"
+        text = str(exc).strip()
+        op = _failing_op(text)
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise ExportError(f"workload {workload.name} does not export to ONNX (opset {opset})"
+                          + (f": op {op} has no ONNX mapping" if op else "")
+                          + f" [{type(exc).__name__}: {first[:300]}]") from None
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends
+        raise ExportError(f"{path}: the exported graph fails onnx.checker: {exc}") from None
+    return {"path": str(path), "opset": opset, "inputs": [
+        {"name": n, "shape": ["batch", *a.shape[1:]], "dtype": str(a.dtype).replace("torch.", "")}
+        for n, a in zip(inputs, args)], "outputs": names, "exporter": "torch.onnx (TorchScript)"}
+
+
+def export_for_checkpoint(workload_name: str, checkpoint: Path, out: Path | None, opset: int,
+                          scale: str | None = None, data: Path | None = None,
+                          cache_dir: Path | None = None,
+                          overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`harness export`: the checkpoint's model, traced on the first val batch, to ONNX."""
+    from harness.evaluation import EvalConfig, prepare_workload
+    from harness.safe_load import load_weights
+
+    require_onnx()
+    cfg = EvalConfig(workload=workload_name, checkpoint=Path(checkpoint), scale=scale, data=data,
+                     cache_dir=cache_dir, overrides=overrides)
+    workload, ckpt, datasets, _ = prepare_workload(cfg)
+    model = workload.build_model()
+    load_weights(model, ckpt, cfg.checkpoint)
+    model.eval()
+    loader = torch.utils.data.DataLoader(
+        datasets.val, batch_size=getattr(workload.config, "eval_batch_size", None) or 1,
+        shuffle=False, collate_fn=datasets.collate)
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise UsageError("the val split is empty: no batch to trace the export with")
+    args, outputs = capture_forward(workload, model, batch, torch.device("cpu"))
+    path = Path(out) if out is not None else Path(checkpoint).with_name("model.onnx")
+    return export_onnx(workload, model, args, outputs, path, opset)
