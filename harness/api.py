@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -183,6 +183,8 @@ class Datasets:
     val: torch.utils.data.Dataset
     collate: Any = None  # collate_fn for both loaders; None means torch's default
     source: str = ""  # where it came from (a path, or "synthetic:<cache dir>")
+    # Config fields datasets() took from the data -> the file (or reason) they came from.
+    from_data: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Workload(ABC):
@@ -198,8 +200,11 @@ class Workload(ABC):
     requires: ClassVar[Sequence[str]] = ()
     extra: ClassVar[str] = ""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, user_set: frozenset[str] = frozenset()) -> None:
         self.config = config
+        # Config fields the user set explicitly (--set keys, --batch-size...): datasets() may
+        # replace the others with values taken from the data, never these.
+        self.user_set = frozenset(user_set)
 
     @classmethod
     @abstractmethod
@@ -230,6 +235,26 @@ class Workload(ABC):
     @abstractmethod
     def evaluate(self, predictions: list[Any]) -> dict[str, float]:
         """The official metric over all predictions of the val split."""
+
+    def train_batch_sampler(self, dataset: Any, batch_size: int, world_size: int, rank: int,
+                            seed: int) -> Iterable[list[int]] | None:
+        """Optional: the training batches as lists of indices, for this rank.
+
+        None (the default) lets the harness shuffle (DistributedSampler under DDP). An
+        object returned here becomes the training DataLoader's `batch_sampler`; it must
+        shard by `rank` itself, have `__len__` (batches per epoch on this rank), and may
+        have `set_epoch(epoch)`, which the harness calls at the start of every epoch.
+        """
+        return None
+
+    def write_predictions(self, predictions: list[Any], out_dir: Path) -> dict[str, Any] | None:
+        """Optional: write the eval split's predictions in the official submission format.
+
+        `predictions` is what predict() produced over the val split, in order; `out_dir`
+        (`<run folder>/predictions`) exists. Return {"format", "path" (absolute), "split",
+        "ground_truth"}; the harness stores it as record["predictions"].
+        """
+        return None
 
     def samples(self, batch: Any) -> int:
         """What FPS counts in a batch (images, multi-camera frames); no device sync."""

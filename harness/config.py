@@ -144,3 +144,15 @@ def config_to_dict(obj: Any) -> dict[str, Any]:
         return value
 
     return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
+
+
+# Workload-config fields that RunConfig can set directly (--batch-size, --eval-batch-size, --workers).
+DIRECT_FIELDS = ("batch_size", "eval_batch_size", "num_workers")
+
+
+def user_set_fields(run: RunConfig) -> frozenset[str]:
+    """The workload-config fields this run sets explicitly: the first component of each
+    `--set` key, plus the direct options that were given."""
+    keys = {item.split("=", 1)[0].strip().split(".")[0] for item in run.overrides if "=" in item}
+    keys.update(name for name in DIRECT_FIELDS if getattr(run, name) is not None)
+    return frozenset(keys)

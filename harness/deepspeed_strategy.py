@@ -43,6 +43,8 @@ def _free_port() -> int:
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
     scales_loss = True  # the engine's own fp16 loss scaler
+    # bf16/fp16 configs make the engine cast the model itself (fp32 masters in the optimizer).
+    low_precision_weights = True
 
     def __init__(self, config_path: str = "") -> None:
         super().__init__()

@@ -5,7 +5,9 @@ backend owns the device. Failures of any kind still write record.json with a sta
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import os
 import signal
 import time
@@ -19,7 +21,13 @@ import torch
 
 from harness import plugins
 from harness.api import Backend, Workload
-from harness.config import RunConfig, apply_overrides, config_to_dict
+from harness.config import (
+    DIRECT_FIELDS,
+    RunConfig,
+    apply_overrides,
+    config_to_dict,
+    user_set_fields,
+)
 from harness.errors import BackendUnavailable, Diverged, HarnessError, MissingExtra, RunInterrupted
 from harness.records import SCHEMA, environment, write_json_atomic
 from harness.strategies import Strategy, choose_strategy
@@ -51,6 +59,7 @@ class Run:
     memory: Any = None  # MemoryStats of the training window
     trained_model: Any = None
     optimizer: Any = None
+    model_info: dict[str, Any] | None = None  # params and training FLOPs per sample
 
 
 def resolve_workload_config(workload_cls: type[Workload], run: RunConfig) -> Any:
@@ -61,11 +70,22 @@ def resolve_workload_config(workload_cls: type[Workload], run: RunConfig) -> Any
         raise UsageError(f"workload {workload_cls.name} has no scale '{run.scale}' "
                          f"(valid: {', '.join(presets)})")
     cfg = presets[run.scale]
-    direct = {"batch_size": run.batch_size, "eval_batch_size": run.eval_batch_size,
-              "num_workers": run.num_workers}
+    direct = {name: getattr(run, name) for name in DIRECT_FIELDS}
     fields = {f.name for f in dataclasses.fields(cfg)}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in direct.items() if v is not None and k in fields})
     return apply_overrides(cfg, run.overrides)
+
+
+def instantiate_workload(workload_cls: type[Workload], workload_cfg: Any,
+                         user_set: frozenset[str]) -> Workload:
+    """The workload with the fields the user set; tolerates plugins whose __init__ predates
+    the `user_set` argument (they get the attribute set afterwards)."""
+    params = inspect.signature(workload_cls.__init__).parameters
+    if "user_set" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return workload_cls(workload_cfg, user_set=user_set)  # type: ignore[call-arg]
+    workload = workload_cls(workload_cfg)
+    workload.user_set = frozenset(user_set)
+    return workload
 
 
 def check_requirements(workload_cls: type[Workload]) -> None:
@@ -117,16 +137,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _base_record(run: Run, workload_cfg: Any) -> dict[str, Any]:
     cfg = run.config
     return {
-        "schema": SCHEMA, "workload": cfg.workload, "scale": cfg.scale,
+        "schema": SCHEMA, "kind": "train", "workload": cfg.workload, "scale": cfg.scale,
         "config": {"run": cfg.to_dict(), "workload": config_to_dict(workload_cfg)},
         "backend": cfg.backend, "mode": run.backend.mode, "precision": cfg.precision,
+        "weights_dtype": weights_dtype(run.strategy, cfg.precision),
         "strategy": run.strategy.name, "world_size": run.strategy.world_size, "seed": cfg.seed,
         "emulated": run.backend.emulated, "status": "running", "error": None,
         "metrics": {}, "throughput": {}, "memory": {}, "losses": [], "evals": [],
+        "model": {"params": None, "train_flops_per_sample": None}, "predictions": None,
         "fallback_ops": [], "env": {},
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "duration_s": None,
     }
+
+
+def weights_dtype(strategy: Strategy, precision: str) -> str:
+    """The dtype the weights are kept in: fp32 under autocast, the precision itself where the
+    strategy casts the model (DeepSpeed bf16/fp16)."""
+    if precision != "fp32" and getattr(strategy, "low_precision_weights", False):
+        return precision
+    return "fp32"
 
 
 def _status_for(exc: BaseException) -> str:
@@ -154,7 +184,8 @@ def execute(config: RunConfig) -> dict[str, Any]:
     strategy = choose_strategy(config)
     out_dir = Path(config.out) if config.out else default_out_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(config, workload_cls(workload_cfg), backend, strategy, out_dir)
+    workload = instantiate_workload(workload_cls, workload_cfg, user_set_fields(config))
+    run = Run(config, workload, backend, strategy, out_dir)
     record = _base_record(run, workload_cfg)
     # Only rank 0 owns record.json; other ranks keep theirs beside it for debugging.
     rank = int(os.environ.get("RANK", "0"))
@@ -195,14 +226,38 @@ def _execute_run(run: Run, record: dict[str, Any], pm: Any) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         backend.deterministic()
     data = run.workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+    # datasets() may have resolved config fields from the data: record what was used.
+    record["config"]["workload"] = config_to_dict(run.workload.config)
+    record["data"] = {"source": data.source, "from_data": dict(data.from_data)}
     record["data_source"] = data.source
     train(run, data, device, pm)
+    if run.model_info is not None:
+        record["model"] = run.model_info
     if cfg.eval and strategy.is_main:
-        metrics = evaluate(run, data, device)
+        metrics, predictions = evaluate(run, data, device)
         record["metrics"] = metrics
+        record["predictions"] = write_predictions(run, predictions)
         pm.hook.harness_eval_end(run=run, metrics=metrics)
     if cfg.checkpoint and strategy.is_main:
         save_checkpoint(run, run.out_dir / "checkpoint.pt")
+
+
+def write_predictions(run: Run, predictions: list[Any]) -> dict[str, Any] | None:
+    """The workload's submission file under <out>/predictions; its path relative to the run."""
+    pred_dir = run.out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    info = run.workload.write_predictions(predictions, pred_dir.resolve())
+    if info is None:
+        with contextlib.suppress(OSError):
+            pred_dir.rmdir()  # nothing written: no empty folder left behind
+        return None
+    info = dict(info)
+    if info.get("path"):
+        path = Path(info["path"])
+        if not path.is_absolute():
+            path = pred_dir.resolve() / path
+        info["path"] = os.path.relpath(path, run.out_dir.resolve())
+    return info
 
 
 def _to_cpu(obj: Any) -> Any:

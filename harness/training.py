@@ -5,6 +5,7 @@ on the device and are read once per log interval, where non-finite values are al
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.errors import Diverged, UsageError
+from harness.flops import count_training
 from harness.timing import StepTimer
 
 if TYPE_CHECKING:
@@ -44,23 +46,35 @@ def make_loader(run: Run, dataset: Any, collate: Any, train: bool) -> DataLoader
     wcfg = run.workload.config
     batch = getattr(wcfg, "batch_size" if train else "eval_batch_size", None) or 1
     workers = getattr(wcfg, "num_workers", 0) or 0
+    gen = torch.Generator().manual_seed(run.config.seed)
+    common: dict[str, Any] = dict(collate_fn=collate, num_workers=workers,
+                                  worker_init_fn=_seed_worker, generator=gen,
+                                  persistent_workers=workers > 0 and train)
+    if train:
+        batch_sampler = run.workload.train_batch_sampler(
+            dataset, batch, run.strategy.world_size, run.strategy.rank, run.config.seed)
+        if batch_sampler is not None:
+            if not hasattr(batch_sampler, "__len__"):
+                raise UsageError(f"workload {run.workload.name}: train_batch_sampler() returned "
+                                 f"{type(batch_sampler).__name__} without __len__ (batches per "
+                                 f"epoch on this rank)")
+            return DataLoader(dataset, batch_sampler=batch_sampler, **common)
     sampler = None
     if train and run.strategy.world_size > 1:
         sampler = torch.utils.data.DistributedSampler(
             dataset, num_replicas=run.strategy.world_size, rank=run.strategy.rank,
             shuffle=True, seed=run.config.seed)
-    gen = torch.Generator().manual_seed(run.config.seed)
     return DataLoader(dataset, batch_size=batch, shuffle=train and sampler is None,
-                      sampler=sampler, drop_last=train, collate_fn=collate, num_workers=workers,
-                      worker_init_fn=_seed_worker, generator=gen,
-                      persistent_workers=workers > 0 and train)
+                      sampler=sampler, drop_last=train, **common)
 
 
 def _batches(loader: DataLoader, run: Run) -> Iterator[Any]:
     """Endless iteration over epochs; run.epoch follows along."""
     while True:
-        if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
-            loader.sampler.set_epoch(run.epoch)
+        # DistributedSampler, or a workload's batch sampler that has set_epoch.
+        for sampler in (loader.sampler, loader.batch_sampler):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(run.epoch)
         yield from loader
         run.epoch += 1
 
@@ -82,7 +96,12 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
                          f"({len(data.train)} < {loader.batch_size}); lower --batch-size")
     run.steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     run.total_steps = total_steps(run, run.steps_per_epoch)
-    model = wl.build_model().to(device)
+    batches = _batches(loader, run)
+    first = next(batches)  # also the batch the FLOPs are counted on
+    batches = itertools.chain([first], batches)
+    host_model = wl.build_model()
+    run.model_info = count_training(host_model, wl, to_device(first, device), backend, device)
+    model = host_model.to(device)
     optimizer = wl.build_optimizer(model)
     scheduler = wl.build_scheduler(optimizer, run.total_steps)
     model = backend.prepare_model(model)
@@ -94,7 +113,6 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
     warmup = max(0, min(warmup, run.total_steps - 1))
     run.timer = timer = StepTimer(warmup, backend.synchronize)
     pending: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
-    batches = _batches(loader, run)
     pm.hook.harness_run_start(run=run)
     model.train()
     if warmup == 0:
@@ -184,7 +202,9 @@ def _log(run: Run, pending: list, optimizer: Any, iter_time: float, data_time: f
 
 
 @torch.no_grad()
-def evaluate(run: Run, data: Datasets, device: torch.device, model: Any = None) -> dict[str, float]:
+def evaluate(run: Run, data: Datasets, device: torch.device,
+             model: Any = None) -> tuple[dict[str, float], list[Any]]:
+    """The val split's metrics, and the predictions they were computed from."""
     model = model if model is not None else run.trained_model
     wl = run.workload
     loader = make_loader(run, data.val, data.collate, train=False)
@@ -201,4 +221,4 @@ def evaluate(run: Run, data: Datasets, device: torch.device, model: Any = None) 
     run.evals.append({"step": run.step, "metrics": metrics, "eval_samples": len(predictions),
                       "inference_s": round(infer_s, 3),
                       "eval_s": round(time.perf_counter() - t0, 3)})
-    return metrics
+    return metrics, predictions

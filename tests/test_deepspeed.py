@@ -86,7 +86,7 @@ def test_deepspeed_bf16_with_grad_accum_steps_once_per_two_micro_steps(tmp_path:
         tmp_path, "emu_tiny", "--backend", "cpu", "--deepspeed", "--grad-accum", "2",
         "--precision", "bf16", "--steps", "4", timeout=900)
     assert_ok(proc, record)
-    assert record["strategy"] == "deepspeed"
+    assert record["strategy"] == "deepspeed" and record["weights_dtype"] == "bf16"
     assert record["throughput"]["micro_steps"] == 8
     assert record["throughput"]["optimizer_steps"] == record["throughput"]["micro_steps"] // 2
     assert probe["optimizer_steps_taken"] == 4  # DeepSpeed's own engine.global_steps

@@ -45,8 +45,8 @@ class TinyWorkload(Workload):
     metrics = {"accuracy": "higher", "error": "lower"}
     primary_metric = "accuracy"
 
-    def __init__(self, config: TinyConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: TinyConfig, user_set: frozenset[str] = frozenset()) -> None:
+        super().__init__(config, user_set)
         self._calls = 0
 
     @classmethod
