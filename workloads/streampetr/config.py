@@ -1,0 +1,105 @@
+"""StreamPETR configuration: presets `full` (stream_petr_r50_flash_704_bs2_seq_24e) and `smoke`.
+
+`full`: R50 (C4+C5, BN frozen), CPFPN to one stride-16 level, FocalHead (2D aux), 644
+learnable + 256 propagated queries, memory 1024, PETR LID position embedding with 64 depths,
+6 decoder layers (256-d, 8 heads, FFN 2048), 10 DN groups; AdamW 4e-4 (backbone x0.25),
+wd 0.01, clip 35, cosine with 500 linear warmup iterations from 1/3, min lr ratio 1e-3;
+batch 2 per device x 8 devices, 24 epochs = 42192 iterations; sub-sequences of half a scene.
+
+`smoke`: the same architecture narrowed and shallowed for two CPU cores: a ResNet-18 layout
+(base 16, one block per stage), 64x176 images, 64-d embeddings, 2 decoder layers, 64
+learnable + 32 propagated queries, memory 128, 16 depths, 3 DN groups, on the synthetic
+nuScenes (moving objects, 10 mini scenes x 20 frames, 400x225 JPEGs).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from workloads.datasets.nuscenes_dataset import CLASSES
+from workloads.datasets.nuscenes_streampetr import STREAMPETR_CAMS
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPETRConfig:
+    # -- data --
+    image_size: tuple[int, int] = (256, 704)  # (H, W) network input
+    # published (0.38, 0.55) at the 1600x900 eval scale 0.44, as multiples of the eval scale
+    ida_resize_lim: tuple[float, float] = (0.38 / 0.44, 0.55 / 0.44)
+    ida_bot_pct_lim: tuple[float, float] = (0.0, 0.0)
+    ida_rand_flip: bool = True
+    bda_rot_range: tuple[float, float] = (-0.3925, 0.3925)
+    bda_scale_range: tuple[float, float] = (0.95, 1.05)
+    cams: tuple[str, ...] = STREAMPETR_CAMS
+    class_names: tuple[str, ...] = CLASSES
+    seq_split_num: int = 2
+    grid_mask: bool = True
+    # -- backbone / neck --
+    backbone_depth: int = 50
+    backbone_base_channels: int = 64
+    backbone_stage_blocks: tuple[int, ...] | None = None
+    backbone_norm_eval: bool = True  # BN statistics frozen, as the published config
+    with_cp: bool = False  # activation checkpointing of backbone stages and decoder layers
+    embed_dims: int = 256
+    # -- 2D auxiliary FocalHead --
+    aux_2d: bool = True
+    # -- 3D head --
+    num_query: int = 644
+    num_propagated: int = 256
+    memory_len: int = 1024
+    topk_proposals: int = 256
+    use_memory: bool = True  # False: the ablation (no temporal queue: every frame is a first frame)
+    depth_num: int = 64
+    depth_start: float = 1.0
+    position_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
+    pc_range: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+    post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
+    num_layers: int = 6
+    num_heads: int = 8
+    ffn_dims: int = 2048
+    dropout: float = 0.1
+    dn_groups: int = 10
+    dn_noise_scale: float = 1.0
+    dn_split: float = 0.75
+    max_detections: int = 300
+    code_weights: tuple[float, ...] = (2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    # -- loss weights (published) --
+    w_cls: float = 2.0
+    w_bbox: float = 0.25
+    w_enc_cls: float = 2.0
+    w_enc_bbox: float = 5.0
+    w_enc_iou: float = 2.0
+    w_centers2d: float = 10.0
+    w_centerness: float = 1.0
+    # -- optimisation (the runner reads batch_size, eval_batch_size, steps, grad_clip, num_workers) --
+    lr: float = 4e-4
+    backbone_lr_mult: float = 0.25
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 1.0 / 3
+    min_lr_ratio: float = 1e-3
+    batch_size: int = 2
+    eval_batch_size: int = 1  # streaming eval: one scene played in order
+    steps: int = 42192  # 24 x (28130 // 16), counted at the published global batch 16
+    num_workers: int = 4
+    # -- synthetic data (no --data) --
+    synthetic_version: str = "v1.0-mini"
+    synthetic_scenes: int = 10
+    synthetic_samples_per_scene: int = 40
+    synthetic_image_wh: tuple[int, int] = (1600, 900)
+    synthetic_objects_per_scene: int = 32
+    synthetic_seed: int = 0
+
+    @classmethod
+    def full(cls) -> StreamPETRConfig:
+        return cls()
+
+    @classmethod
+    def smoke(cls) -> StreamPETRConfig:
+        return cls(
+            image_size=(64, 176), backbone_depth=18, backbone_base_channels=16,
+            backbone_stage_blocks=(1, 1, 1, 1), backbone_norm_eval=False, embed_dims=64,
+            num_query=64, num_propagated=32, memory_len=128, topk_proposals=32, depth_num=16,
+            num_layers=2, num_heads=4, ffn_dims=128, dropout=0.0, dn_groups=3, max_detections=100,
+            lr=2e-3, warmup_iters=50, batch_size=4, steps=600, num_workers=0,
+            synthetic_scenes=10, synthetic_samples_per_scene=20, synthetic_image_wh=(400, 225))
