@@ -7,7 +7,9 @@ alone. The metric is COCO bbox AP through pycocotools against the val instances 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,18 @@ class YOLOv3Workload(Workload):
             raise UsageError("yolov3: evaluate() needs datasets() to have loaded the val split")
         results = to_coco_results(predictions, self._val.cat_ids)
         return coco_bbox_metrics(self._val.instances, results)
+
+    def write_predictions(self, predictions: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """The val detections as a COCO results JSON (image_id, original category_id, bbox
+        xywh in original image pixels, score): what COCO.loadRes and COCOeval read."""
+        if self._val is None:
+            raise UsageError("yolov3: write_predictions() needs datasets() to have loaded the val split")
+        path = Path(out_dir) / "detections_val2017_results.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(to_coco_results(predictions, self._val.cat_ids)), encoding="utf-8")
+        os.replace(tmp, path)
+        return {"format": "coco-results", "path": str(path.resolve()), "split": "val",
+                "ground_truth": str(self._val.ann_path.resolve())}
 
     def samples(self, batch: dict[str, Any]) -> int:
         return int(batch["images"].shape[0])
