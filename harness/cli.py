@@ -1,4 +1,9 @@
-"""`harness` command line: argparse verbs, parse and dispatch only."""
+"""`harness` command line: argparse verbs, parse and dispatch only.
+
+Plugins (and with them torch and every workload) are loaded only by the verbs that need
+them: `list`, `run` (its plugin-added options and its --help listing), `eval` and `export`
+when they execute. `harness --help`, `check`, `parity` tables and `gate` never load them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,10 +21,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _add_run(sub: Any) -> None:
-    p = sub.add_parser("run", help="train, evaluate and record one workload on one backend")
-    p.add_argument("workload")
-    p.add_argument("--backend", default="cpu")
+def _add_run(sub: Any, with_plugins: bool = False) -> None:
+    p = sub.add_parser("run", help="train, evaluate and record one workload on one backend",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train WORKLOAD on BACKEND, evaluate it and write "
+                                   "record.json (accuracy, throughput, memory) to the run "
+                                   "folder; `harness check` then judges it.")
+    p.add_argument("workload", help="workload name (listed below)")
+    p.add_argument("--backend", default="cpu", help="backend name (listed below; default cpu)")
     modes = p.add_mutually_exclusive_group()
     for mode in ("lazy", "eager", "compile"):
         modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode,
@@ -30,16 +39,17 @@ def _add_run(sub: Any) -> None:
                    "(default: synthetic data in that format, written to the cache)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
-    length.add_argument("--epochs", type=float)
-    p.add_argument("--batch-size", type=int)
+    length.add_argument("--epochs", type=float, help="passes over the train split instead of --steps")
+    p.add_argument("--batch-size", type=int, help="per-process batch (default: the preset's)")
     p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--log-interval", type=int, default=10)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--log-interval", type=int, default=10, help="console/log.jsonl every N steps")
     p.add_argument("--eval-interval", type=int, default=0, help="also evaluate every N steps")
     p.add_argument("--warmup-steps", type=int, help="untimed steps before the timed window")
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (slower; for bit-exact comparisons)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a workload config field, typed by the field (repeatable)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<workload>-<backend>-...)")
@@ -49,16 +59,22 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--deepspeed", nargs="?", const="", metavar="CONFIG.json",
                    help="train through DeepSpeed (config built from the options if none given)")
     p.add_argument("--nproc", type=int, default=1, help="processes (torch.distributed.run)")
-    p.add_argument("--no-eval", dest="eval", action="store_false")
-    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--no-eval", dest="eval", action="store_false",
+                   help="skip the final evaluation (no accuracy metrics in the record)")
+    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
+                   help="do not write checkpoint.pt")
+    p.set_defaults(func=cmd_run, _plugin_dests=[])
+    if not with_plugins:
+        return
     # Plugins add their own `harness run` options; their values reach harness_configure
-    # through RunConfig.plugin_options.
+    # through RunConfig.plugin_options. A broken plugin fails here, naming itself (exit 2).
     base = {a.dest for a in p._actions}
+    from harness.cli_help import run_epilog
     from harness.plugins import get_plugin_manager
 
     get_plugin_manager().hook.harness_addoption.call_historic(kwargs={"parser": p})
     p.set_defaults(_plugin_dests=sorted({a.dest for a in p._actions} - base))
+    p.epilog = run_epilog()
 
 
 def _add_list(sub: Any) -> None:
@@ -67,11 +83,19 @@ def _add_list(sub: Any) -> None:
     p.set_defaults(func=cmd_list)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="harness", description=__doc__)
+def _verb_of(argv: Sequence[str]) -> str:
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for `argv`; plugins are loaded only when its verb is `run`."""
+    from harness.cli_help import DESCRIPTION, EXIT_CODES
+
+    parser = _Parser(prog="harness", description=DESCRIPTION, epilog=EXIT_CODES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_list(sub)
-    _add_run(sub)
+    _add_run(sub, with_plugins=_verb_of(argv) == "run")
     for add in _extra_verbs():
         add(sub)
     return parser
@@ -94,30 +118,10 @@ def _extra_verbs() -> list[Callable[[Any], None]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness import plugins
+    from harness.cli_help import format_inventory, inventory
 
-    workloads = [{"name": n, "presets": list(c.presets()), "metrics": dict(c.metrics),
-                  "primary_metric": c.primary_metric, "description": c.description}
-                 for n, c in plugins.workloads().items()]
-    backends = []
-    for name, cls in plugins.backends().items():
-        probe = cls.probe()
-        caps = cls.capabilities
-        backends.append({"name": name, "available": probe.available, "reason": probe.reason,
-                         "device_count": probe.device_count, "device_name": probe.device_name,
-                         "modes": list(caps.modes), "precisions": list(caps.precisions)})
-    if args.json:
-        print(json.dumps({"workloads": workloads, "backends": backends}, indent=2))
-        return EXIT_OK
-    print("workloads:")
-    for w in workloads:
-        print(f"  {w['name']:<22} presets: {', '.join(w['presets'])}; "
-              f"metric {w['primary_metric']}  {w['description']}")
-    print("backends:")
-    for b in backends:
-        state = "available" if b["available"] else f"unavailable: {b['reason']}"
-        print(f"  {b['name']:<6} {state}; modes {'/'.join(b['modes'])}; "
-              f"precisions {'/'.join(b['precisions'])}")
+    inv = inventory()
+    print(json.dumps(inv, indent=2) if args.json else format_inventory(inv))
     return EXIT_OK
 
 
@@ -166,7 +170,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         if args.func is cmd_run:
             return cmd_run(args, argv)
         return int(args.func(args))

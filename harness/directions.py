@@ -19,8 +19,9 @@ _RULES: tuple[tuple[str, str, str], ...] = (
     (r"(^|_)(error|err|loss|latency|time_s|time)$", "lower", "error/loss/time"),
     (r"^(fps|samples_per_s)$", "higher", "throughput"),
     (rf"^{MEMORY_METRIC}$", "lower", "memory"),
-    (r"^m?AP(\d+|_\w+)?$", "higher", "COCO/nuScenes average precision"),
-    (r"^AR(\d+|_\w+)?$", "higher", "COCO average recall"),
+    # COCO: AP, AP50, AP75, APs/APm/APl, AR1/AR10/AR100, ARs/ARm/ARl (also AP_small spellings)
+    (r"^m?AP(\d+|[sml]|_\w+)?$", "higher", "COCO/nuScenes average precision"),
+    (r"^m?AR(\d+|[sml]|_\w+)?$", "higher", "COCO average recall"),
     (r"^(NDS|OLS|mIoU|IoU|F1|accuracy|acc|recall|precision)$", "higher", "score"),
     (r"(^|_)(F1|IoU|mIoU|accuracy|AP|AR|recall)$", "higher", "score"),
     (r"^(DET|TOP)_[a-z]+$", "higher", "OpenLane-V2 score"),

@@ -1,109 +1,159 @@
-"""Parity tables (pandas) and figures (matplotlib, Agg) across runs of one workload and scale.
+"""Parity tables across runs of one workload and scale: metrics as rows, one column per run.
 
-One row per record; the first record is the baseline. Every metric gets its delta to the
-baseline and a verdict under a tolerance taken from the reference table when that table has
-a row for the metric (matched to the baseline record), else a default relative tolerance;
-the tolerance table printed with the parity table says which, per metric.
-Numerical (per-step, per-gradient) parity lives in harness/numerics.py.
+The first record is the baseline. Above the metrics, rows say what each run was (backend,
+device, precision, steps, seed, timed steps, status); below, each metric has the runs' values,
+then per other run its delta to the baseline and a verdict. A metric's tolerance comes from
+the reference row matched to the baseline (harness/checking.py), else a default; relative
+tolerances (speed, memory) get relative deltas. Directions: harness/directions.py.
+Standard library only (no pandas, no torch); the figure is harness/parity_figure.py.
 """
 from __future__ import annotations
 
-import html
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.errors import MissingExtra, UsageError
-from harness.reference import MEMORY_METRIC, record_value
+from harness.directions import headline_order, metric_directions
+from harness.errors import UsageError
+from harness.gate import MIN_STEPS
+from harness.reference import MEMORY_METRIC, RefRow, record_value
 
 DEFAULT_REL_TOL = {"metric": 0.02, "fps": 0.10, MEMORY_METRIC: 0.10}
 # Metrics near zero (an error rate of 0) would get a zero band from a relative rule alone.
 DEFAULT_ABS_FLOOR = 1e-3
+PERF = ("fps", MEMORY_METRIC)
+SHOWN = {MEMORY_METRIC: "peak_memory_MiB"}
+UNIT = {MEMORY_METRIC: 2**-20}
+FORMATS = {"markdown": "markdown", "md": "markdown", "csv": "csv", "html": "html"}
 
 
-def _pandas() -> Any:
-    try:
-        import pandas as pd
-    except ImportError:
-        raise MissingExtra("harness parity needs pandas: "
-                           "pip install 'perception-harness[report]'") from None
-    return pd
+@dataclasses.dataclass
+class Tolerance:
+    band: float | None  # absolute band, or None when relative
+    rel: float | None
+    floor: float
+    direction: str  # higher | lower | ""
+    source: str
+    relative: bool = False  # deltas shown relative (speed, memory, rows with rel tolerance)
+
+    def width(self, base: float) -> float:
+        return self.band if self.band is not None else max((self.rel or 0.0) * abs(base),
+                                                            self.floor)
 
 
-def _labels(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Run folder names, made unique (two runs may share a folder name in different trees)."""
+@dataclasses.dataclass
+class Parity:
+    title: str
+    labels: list[str]
+    records: list[dict[str, Any]]
+    header: list[str]
+    rows: list[list[str]]  # run rows, then metric rows; cells already formatted
+    run_rows: int  # how many of `rows` describe the runs
+    verdicts: list[str]  # every verdict cell, for the exit code
+    tolerances: list[list[str]]
+    warnings: list[str]
+    metrics: list[str]  # metric names in row order (primary first)
+    tol: dict[str, Tolerance]
+
+    @property
+    def worse(self) -> bool:
+        return "WORSE" in self.verdicts
+
+
+def labels_for(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Short, unique: the run folder's name when short, else backend-precision."""
     out: list[str] = []
     for rec in records:
         p = Path(str(rec.get("_path", "run")))
         name = p.parent.name if p.name == "record.json" else p.stem
-        out.append(name if name not in out else f"{name}#{len(out)}")
+        if len(name) > 14:
+            name = f"{rec.get('backend')}-{rec.get('precision')}"
+        base, n = name, 2
+        while name in out:
+            name, n = f"{base}#{n}", n + 1
+        out.append(name)
     return out
 
 
-def _directions(workload: str, records: Sequence[dict[str, Any]]) -> dict[str, str]:
-    try:
-        from harness import plugins
-
-        return dict(plugins.get_workload(workload).metrics)
-    except Exception:  # noqa: BLE001 - a report must render even if the plugin is not installed
-        return {}
+def timed_steps(record: dict[str, Any]) -> int:
+    tp = record.get("throughput") or {}
+    return int(tp.get("timed_steps") or len(tp.get("step_times_s") or []))
 
 
-def _metric_names(records: Sequence[dict[str, Any]], directions: dict[str, str]) -> list[str]:
-    seen = [m for m in directions if any(m in (r.get("metrics") or {}) for r in records)]
-    for rec in records:
-        seen += [m for m in (rec.get("metrics") or {}) if m not in seen]
-    return seen
-
-
-def _tolerances(base: dict[str, Any], names: list[str], directions: dict[str, str],
-                ref_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """metric -> {band, direction, source}; reference rows first, then the defaults."""
-    rows = {}
-    if ref_dir is not None:
-        from harness.checking import find_match
-
-        match, _ = find_match(base, ref_dir)
-        if match is not None:
-            rows = {r.metric: r for r in match.rows}
-            rows.setdefault("fps", rows.get("samples_per_s"))
-    out: dict[str, dict[str, Any]] = {}
-    for name in [*names, "fps", MEMORY_METRIC]:
-        row = rows.get(name)
+def _tolerances(names: Sequence[str], rows: dict[str, RefRow],
+                directions: dict[str, tuple[str, str]]) -> dict[str, Tolerance]:
+    out: dict[str, Tolerance] = {}
+    for name in names:
+        row = rows.get(name) or (rows.get("samples_per_s") if name == "fps" else None)
+        direction = directions.get(name, ("", ""))[0]
         if row is not None:
-            band = row.tolerance if row.tolerance_kind == "abs" else None
-            out[name] = {"band": band, "rel": None if band is not None else row.tolerance,
-                         "direction": row.direction,
-                         "source": f"reference {Path(row.file).name}:{row.line} "
-                                   f"({row.tolerance_kind} {row.tolerance:g}; {row.source})"}
+            absolute = row.tolerance_kind == "abs"
+            out[name] = Tolerance(row.tolerance if absolute else None,
+                                  None if absolute else row.tolerance, 0.0,
+                                  direction or row.direction,
+                                  f"reference {Path(row.file).name}:{row.line} "
+                                  f"({row.tolerance_kind} {row.tolerance:g}; {row.source})",
+                                  relative=not absolute)
             continue
         rel = DEFAULT_REL_TOL.get(name, DEFAULT_REL_TOL["metric"])
-        direction = {"fps": "higher", MEMORY_METRIC: "lower"}.get(name, directions.get(name, ""))
-        floor = DEFAULT_ABS_FLOOR if name not in ("fps", MEMORY_METRIC) else 0.0
-        out[name] = {"band": None, "rel": rel, "floor": floor, "direction": direction,
-                     "source": f"default: {rel:.0%} of the baseline value"
-                               + (f" (at least {floor:g})" if floor else "")}
+        floor = 0.0 if name in PERF else DEFAULT_ABS_FLOOR
+        out[name] = Tolerance(None, rel, floor, direction,
+                              f"default: {rel:.0%} of the baseline value"
+                              + (f" (at least {floor:g})" if floor else ""),
+                              relative=name in PERF)
     return out
 
 
-def _verdict(value: float | None, base: float | None, tol: dict[str, Any]) -> str:
+def _fmt(value: float | None, scale: float = 1.0) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    v = value * scale
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def _judge(name: str, value: float | None, base: float | None, tol: Tolerance,
+           rec: dict[str, Any], base_rec: dict[str, Any]) -> tuple[str, str]:
+    """(delta cell, verdict)."""
+    if name in PERF and (rec.get("emulated") or base_rec.get("emulated")):
+        return "-", "n/a (emulated)"
     if value is None or base is None or math.isnan(value) or math.isnan(base):
-        return "n/a"
-    band = (tol["band"] if tol["band"] is not None
-            else max(tol["rel"] * abs(base), tol.get("floor", 0.0)))
+        return "-", "n/a"
     delta = value - base
-    if abs(delta) <= band:
-        return "ok"
-    if not tol["direction"]:
-        return "DIFFERS"
-    better = delta > 0 if tol["direction"] == "higher" else delta < 0
-    return "better" if better else "WORSE"
+    if tol.relative:
+        shown = f"{delta / abs(base):+.1%}" if base else "-"
+    else:
+        shown = f"{delta * UNIT.get(name, 1.0):+.4g}"
+    if name in PERF and min(timed_steps(rec), timed_steps(base_rec)) < MIN_STEPS:
+        return shown, "n/a (too few timed steps)"
+    if abs(delta) <= tol.width(base):
+        return shown, "ok"
+    if not tol.direction:
+        return shown, "DIFFERS"
+    better = delta > 0 if tol.direction == "higher" else delta < 0
+    return shown, "better" if better else "WORSE"
 
 
-def parity_frames(records: Sequence[dict[str, Any]],
-                  ref_dir: Path | None = None) -> tuple[Any, Any]:
-    """(parity table, tolerance table) as DataFrames; records[0] is the baseline."""
-    pd = _pandas()
+def _run_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    def steps(r: dict[str, Any]) -> str:
+        tp = r.get("throughput") or {}
+        got = tp.get("optimizer_steps") or ((r.get("config") or {}).get("run") or {}).get("steps")
+        return "-" if got is None else str(got)
+
+    fields = [("backend", lambda r: str(r.get("backend"))),
+              ("device", lambda r: str((r.get("env") or {}).get("device_name") or "-")),
+              ("precision", lambda r: f"{r.get('precision')} (weights "
+                                      f"{r.get('weights_dtype') or 'fp32'})"),
+              ("mode / world size", lambda r: f"{r.get('mode')} / {r.get('world_size') or 1}"),
+              ("steps", steps), ("seed", lambda r: str(r.get("seed", "-"))),
+              ("timed steps", lambda r: str(timed_steps(r))),
+              ("emulated", lambda r: "yes" if r.get("emulated") else "no"),
+              ("status", lambda r: str(r.get("status")))]
+    return [(name, [get(r) for r in records]) for name, get in fields]
+
+
+def build(records: Sequence[dict[str, Any]], ref_dir: Path | None = None,
+          metrics: Sequence[str] | None = None) -> Parity:
     if not records:
         raise UsageError("harness parity needs at least one record")
     kinds = {(r.get("workload"), r.get("scale")) for r in records}
@@ -111,117 +161,57 @@ def parity_frames(records: Sequence[dict[str, Any]],
         listed = ", ".join(f"{w}/{s}" for w, s in sorted(kinds, key=str))
         raise UsageError(f"parity compares runs of one workload and scale; got {listed}")
     base = records[0]
-    workload = str(base.get("workload"))
-    directions = _directions(workload, records)
-    names = _metric_names(records, directions)
-    tols = _tolerances(base, names, directions, ref_dir)
-    rows = []
-    for label, rec in zip(_labels(records), records, strict=False):
-        row: dict[str, Any] = {
-            "run": label, "backend": rec.get("backend"), "mode": rec.get("mode"),
-            "precision": rec.get("precision"), "world_size": rec.get("world_size"),
-            "emulated": bool(rec.get("emulated")), "status": rec.get("status")}
-        for name in [*names, "fps", MEMORY_METRIC]:
-            value, _ = record_value(rec, name)
-            base_value, _ = record_value(base, name)
-            shown = name if name != MEMORY_METRIC else "peak_mem_MiB"
-            scale = 2**-20 if name == MEMORY_METRIC else 1.0
-            row[shown] = None if value is None else value * scale
-            row[f"{shown} Δ"] = (None if value is None or base_value is None
-                                 else (value - base_value) * scale)
-            row[f"{shown} verdict"] = ("baseline" if rec is base
-                                       else _verdict(value, base_value, tols[name]))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    tol_table = pd.DataFrame([{"metric": n, "direction": t["direction"] or "?",
-                               "tolerance": (f"±{t['band']:g}" if t["band"] is not None
-                                             else f"±{t['rel']:.0%}"),
-                               "source": t["source"]} for n, t in tols.items()])
-    return table, tol_table
+    matched: dict[str, RefRow] = {}
+    if ref_dir is not None:
+        from harness.checking import find_match
 
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def to_markdown(df: Any) -> str:
-    """Pipe table without the tabulate dependency that DataFrame.to_markdown needs."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for rec in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v).replace("|", "\\|") for v in rec) + " |")
-    return "\n".join(lines)
-
-
-def render(records: Sequence[dict[str, Any]], fmt: str = "markdown",
-           ref_dir: Path | None = None) -> str:
-    table, tols = parity_frames(records, ref_dir)
-    base = records[0]
-    title = (f"Parity: {base.get('workload')} ({base.get('scale')}), "
-             f"baseline {table['run'].iloc[0]}")
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    if fmt == "html":
-        return (f"<h2>{html.escape(title)}</h2>\n" + table.to_html(index=False, na_rep="-")
-                + "\n<h3>Tolerances</h3>\n" + tols.to_html(index=False) + "\n")
-    if fmt == "markdown":
-        return f"## {title}\n\n{to_markdown(table)}\n\n### Tolerances\n\n{to_markdown(tols)}\n"
-    raise UsageError(f"unknown format {fmt!r} (valid: markdown, csv, html)")
-
-
-def figure(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Loss curves overlaid, plus FPS and peak-memory bars, in one PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display on CI runners and headless accelerator hosts
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingExtra("--figure needs matplotlib: "
-                           "pip install 'perception-harness[report]'") from None
-    labels = [f"{lab} ({r.get('backend')} {r.get('precision')})"
-              for lab, r in zip(_labels(records), records, strict=False)]
-    fig, (ax_loss, ax_fps, ax_mem) = plt.subplots(
-        1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [2, 1, 1]})
-    styles = ("-", "--", ":", "-.")
-    for i, (label, rec) in enumerate(zip(labels, records, strict=False)):
-        pts = [(r["step"], r["loss"]) for r in rec.get("losses") or []
-               if isinstance(r.get("loss"), (int, float))]
-        if pts:  # distinct dashes and widths keep identical curves (true parity) visible
-            ax_loss.plot(*zip(*pts, strict=False), linestyle=styles[i % len(styles)], marker="o",
-                         markersize=3, linewidth=max(2.8 - 0.5 * i, 1.0), label=label)
-    ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
-    ax_loss.grid(alpha=0.3)
-    if ax_loss.lines:
-        ax_loss.legend(fontsize=8)
-    for ax, name, unit in ((ax_fps, "fps", "samples/s"), (ax_mem, MEMORY_METRIC, "MiB")):
+        match, _ = find_match(base, ref_dir)
+        matched = {r.metric: r for r in (match.rows if match else [])}
+    names = [*headline_order(records, matched.values()), *PERF]
+    if metrics:
+        aliases = {"samples_per_s": "fps", "peak_memory_MiB": MEMORY_METRIC, "memory": MEMORY_METRIC}
+        wanted = [aliases.get(m, m) for m in metrics]
+        unknown = [m for m in wanted if m not in names]
+        if unknown:
+            raise UsageError(f"--metrics: {', '.join(unknown)} not in these records "
+                             f"(available: {', '.join(names)})")
+        names = wanted
+    directions = metric_directions(records, matched.values(), names)
+    tols = _tolerances(names, matched, directions)
+    labels = labels_for(records)
+    others = labels[1:]
+    header = ["metric", "better", *labels]
+    for lab in others:
+        header += [f"Δ {lab}", f"verdict {lab}"]
+    rows: list[list[str]] = []
+    pad = [""] * (2 * len(others))
+    run_rows = _run_rows(records)
+    for name, cells in run_rows:
+        rows.append([name, "", *cells, *pad])
+    verdicts: list[str] = []
+    for name in names:
         values = [record_value(r, name)[0] for r in records]
-        scale = 2**-20 if name == MEMORY_METRIC else 1.0
-        heights = [0.0 if v is None else v * scale for v in values]
-        bars = ax.bar(range(len(labels)), heights, color="tab:blue")
-        for bar, v, rec in zip(bars, values, records, strict=False):
-            if rec.get("emulated"):
-                bar.set_hatch("//")
-                bar.set_color("tab:gray")
-            shown = "n/a" if v is None else (f"{v * scale:,.0f}" if v * scale >= 100
-                                             else f"{v * scale:.3g}")
-            ax.annotate(shown,
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set(title=f"{'throughput' if name == 'fps' else 'peak memory'} ({unit})", ylabel=unit)
-    base = records[0]
-    note = (" — hatched grey bars: emulated device, speed/memory not meaningful"
-            if any(r.get("emulated") for r in records) else "")
-    fig.suptitle(f"{base.get('workload')} ({base.get('scale')}), baseline {labels[0]}{note}",
-                 fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        scale = UNIT.get(name, 1.0)
+        row = [SHOWN.get(name, name), tols[name].direction or "?",
+               *(_fmt(v, scale) for v in values)]
+        for rec, value in zip(records[1:], values[1:], strict=True):
+            delta, verdict = _judge(name, value, values[0], tols[name], rec, base)
+            row += [delta, verdict]
+            verdicts.append(verdict)
+        rows.append(row)
+    warnings = [f"{lab}: {timed_steps(r)} timed steps (< {MIN_STEPS}); its speed and memory "
+                f"are not compared" for lab, r in zip(labels, records, strict=True)
+                if timed_steps(r) < MIN_STEPS and not r.get("emulated")]
+    warnings += [f"{lab}: status {r.get('status')}" for lab, r in zip(labels, records, strict=True)
+                 if r.get("status") != "ok"]
+    unknown_dir = [n for n in names if not tols[n].direction]
+    if unknown_dir:
+        warnings.append(f"no known direction for {', '.join(unknown_dir)}: a difference "
+                        f"beyond tolerance reads DIFFERS")
+    tol_rows = [[SHOWN.get(n, n), t.direction or "?",
+                 f"±{t.band:g}" if t.band is not None else f"±{t.rel:.0%}",
+                 f"{t.source}; direction from {directions.get(n, ('', 'default'))[1]}"]
+                for n, t in tols.items()]
+    title = (f"Parity: {base.get('workload')} ({base.get('scale')}), baseline {labels[0]}")
+    return Parity(title, labels, list(records), header, rows, len(run_rows), verdicts, tol_rows,
+                  warnings, list(names), tols)

@@ -1,11 +1,17 @@
-"""The plugin manager: built-in plugin modules plus third-party entry points "harness"."""
+"""The plugin manager: built-in plugin modules plus third-party entry points "harness".
+
+Loaded on first use only (the verbs list, run, eval and export), never by `harness --help`,
+check, parity or gate, so a broken third-party plugin cannot break those; where it is
+loaded, a plugin that fails to import is a one-line error naming it (exit 2), and a hook
+implementation that raises names its plugin and the hook.
+"""
 from __future__ import annotations
 
 import functools
 import importlib
 import os
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
@@ -27,23 +33,64 @@ BUILTINS: tuple[str, ...] = (
     "backends.onnxruntime",
     "workloads.yolov3",
     "workloads.bevdepth",
+    "workloads.openlanev2_topology",
+    "workloads.streampetr",
 )
 
 
-class PluginLoadError(HarnessError):
-    """A plugin failed to import or to register; the message names it."""
+class PluginLoadError(UsageError):
+    """A plugin failed to import or to register; the message names it (exit 2: the user
+    fixes it by repairing, uninstalling or unlisting the plugin)."""
+
+
+class PluginHookError(HarnessError):
+    """A plugin's hook implementation raised; the message names the plugin and the hook."""
 
 
 def _load_module(name: str, origin: str) -> object:
     try:
         return importlib.import_module(name)
-    except Exception as exc:  # a broken plugin must name itself, never vanish
+    # SystemExit too: a plugin calling sys.exit() at import must not end harness silently.
+    except (Exception, SystemExit) as exc:  # a broken plugin must name itself, never vanish
         raise PluginLoadError(f"plugin {name!r} ({origin}) failed to import: {exc!r}") from exc
+
+
+def _naming(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except (HarnessError, MemoryError):  # deliberate messages and OOM keep their meaning
+            raise
+        except (Exception, SystemExit) as exc:
+            raise PluginHookError(f"plugin {plugin!r} hook {hook} raised {exc!r}") from exc
+
+    return call
+
+
+class _PluginManager(pluggy.PluginManager):
+    """Every plain hook implementation is wrapped so that an exception it raises names its
+    plugin and hook (wrappers are generators and are left alone)."""
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        registered = super().register(plugin, name)
+        for caller in self.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                    impl.function = _naming(impl.function, impl.plugin_name, caller.name)  # type: ignore[misc]
+        return registered
+
+
+def can_emulate(backend: type[Backend]) -> bool:
+    """Whether the backend offers a CPU-emulated device (`--emulate`)."""
+    from harness.api import Backend
+
+    return getattr(backend.emulate, "__func__", None) is not Backend.emulate.__func__
 
 
 @functools.lru_cache(maxsize=1)
 def get_plugin_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("harness")
+    pm = _PluginManager("harness")
     pm.add_hookspecs(hookspecs)
     for name in BUILTINS:
         pm.register(_load_module(name, "built-in"), name=name)
@@ -56,7 +103,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise PluginLoadError(
                 f"plugin {ep.name!r} (entry point {ep.value} from "
                 f"{ep.dist.name if ep.dist else 'unknown'}) failed to import: {exc!r}"

@@ -89,28 +89,47 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if not args.records:
         raise UsageError("give records to compare, or --numerics WORKLOAD --backend B")
     from harness import parity
+    from harness.parity_render import render
 
-    records = load_records(args.records)
-    text = parity.render(records, args.format, reference_dir(args.reference_dir))
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    table = parity.build(load_records(args.records), reference_dir(args.reference_dir), metrics)
+    if args.figure:
+        from harness.parity_figure import figure
+
+        # stderr: stdout may be the markdown itself (e.g. >> $GITHUB_STEP_SUMMARY)
+        print(f"wrote {figure(table, args.figure)}", file=sys.stderr)
+    text = render(table, args.format, args.figure)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)
-    if args.figure:
-        # stderr: stdout may be the markdown itself (e.g. >> $GITHUB_STEP_SUMMARY)
-        print(f"wrote {parity.figure(records, args.figure)}", file=sys.stderr)
+    for line in table.warnings:
+        print(f"harness parity: warning: {line}", file=sys.stderr)
+    if table.worse and not args.no_fail:
+        print("harness parity: a verdict is WORSE (exit 1; --no-fail to only display)",
+              file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
 def add_parity(sub: Any) -> None:
-    p = sub.add_parser("parity", help="parity table/figure across records, or --numerics")
+    p = sub.add_parser("parity", help="parity table/figure across records, or --numerics",
+                       description="Metrics as rows, one column per run, then each run's delta "
+                                   "to the first (the baseline) and a verdict. Exit 1 when any "
+                                   "verdict is WORSE (unless --no-fail).")
     p.add_argument("records", nargs="*", type=Path, metavar="RECORD",
                    help="records of one workload and scale; the first is the baseline")
-    p.add_argument("--format", default="markdown", choices=("markdown", "csv", "html"))
+    p.add_argument("--format", default="markdown", choices=("markdown", "md", "csv", "html"),
+                   help="html: a complete page, with the figure embedded when --figure is given")
+    p.add_argument("--metrics", metavar="A,B,C",
+                   help="only these metrics, in this order (fps and peak_memory_bytes included)")
+    p.add_argument("--no-fail", action="store_true",
+                   help="exit 0 even when a verdict is WORSE (display only)")
     p.add_argument("--out", type=Path, help="write the table here instead of stdout")
-    p.add_argument("--figure", type=Path, metavar="PNG", help="loss curves + FPS/memory bars")
+    p.add_argument("--figure", type=Path, metavar="PNG",
+                   help="loss curves, primary metric with its tolerance band, FPS/memory bars")
     p.add_argument("--reference-dir", type=Path)
     g = p.add_argument_group("numerical parity (--numerics)")
     g.add_argument("--numerics", metavar="WORKLOAD",

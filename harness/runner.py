@@ -108,7 +108,9 @@ def prepare_backend(run: RunConfig) -> Backend:
     os.environ.update(backend_cls.environment(mode))
     probe = backend_cls.probe()
     if not probe.available:
-        raise BackendUnavailable(f"backend {run.backend} is unavailable: {probe.reason}")
+        hint = ("; for a portability dry run without the hardware add --emulate"
+                if plugins.can_emulate(backend_cls) else "")
+        raise BackendUnavailable(f"backend {run.backend} is unavailable: {probe.reason}{hint}")
     return backend_cls(mode=mode, emulated=run.emulate)
 
 

@@ -36,7 +36,49 @@ def test_missing_extra_names_the_extra(capsys) -> None:
 def test_list_says_why_a_backend_is_unavailable(capsys) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "ghost  unavailable: ghost_runtime is not installed" in out
+    ghost = next(line for line in out.splitlines() if line.strip().startswith("ghost "))
+    assert "unavailable: ghost_runtime is not installed" in ghost
+    assert "--emulate" not in ghost  # ghost has no emulated device: no false hint
+
+
+def test_emulate_is_suggested_for_unavailable_npu_and_hpu(capsys, tmp_path: Path) -> None:
+    from harness import plugins
+
+    if plugins.get_backend("npu").probe().available:
+        pytest.skip("npu is available (real, or emulated earlier in this process)")
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in ("npu", "hpu"):
+        line = next(x for x in lines if x.strip().startswith(f"{name} "))
+        if "unavailable" in line:
+            assert "try --emulate for a CPU-emulated dry run" in line
+    assert main(["run", "tiny", "--backend", "npu", "--out", str(tmp_path / "r")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "backend npu is unavailable" in err
+    assert err.endswith("for a portability dry run without the hardware add --emulate")
+
+
+def test_run_help_lists_workloads_backends_and_examples(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "workloads:" in out and "  tiny " in out and "backends:" in out
+    assert "ghost" in out and "unavailable" in out
+    assert out.count("  harness run ") >= 3 and "exit codes:" in out
+    for flag in ("--no-eval", "--no-checkpoint", "--emulate", "--deepspeed", "--set"):
+        assert flag in out
+
+
+def test_top_level_help_is_for_users_and_loads_no_plugin(capsys) -> None:
+    from harness import plugins
+
+    plugins.get_plugin_manager.cache_clear()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "Benchmark perception training on any accelerator" in out and "exit codes:" in out
+    assert plugins.get_plugin_manager.cache_info().currsize == 0
 
 
 def test_pytest_session_stops_at_once_on_an_unavailable_backend(tmp_path: Path) -> None:
