@@ -5,8 +5,15 @@ Two conditions must both hold before a slowdown is called a regression:
   needs no normality and tolerates the long right tail of step times on a busy host;
 - effect size: the relative median slowdown exceeds a threshold (default 5%), because with
   hundreds of steps the U test alone flags differences far too small to matter.
-Memory regresses when the candidate's peak exceeds the largest baseline peak by more than a
-threshold. Thresholds per workload live in `reference_results/gate_thresholds.csv`.
+Memory regresses when the candidate's peak exceeds the largest peak of its matching
+baselines by more than a threshold. Thresholds per workload live in
+`reference_results/gate_thresholds.csv`.
+
+Baselines are pooled only with candidates measured the same way: same workload, scale, kind,
+data source, batch size, gradient accumulation, precision and weights dtype, mode, backend,
+device, world size and `--set` overrides (POOL_KEYS). Anything else would mix, say, a batch-16
+baseline into a batch-8 candidate's null distribution, or judge its memory against a larger
+configuration's peak.
 """
 from __future__ import annotations
 
@@ -14,14 +21,13 @@ import csv
 import dataclasses
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.errors import MissingExtra, UsageError
 from harness.reference import MEMORY_METRIC, record_value
 
 THRESHOLD_COLUMNS = ("workload", "step_time_rel", "memory_rel", "alpha", "note")
 MIN_STEPS = 8  # below this the U test cannot reach any useful significance
-MATCH_KEYS = ("workload", "scale", "backend", "mode", "precision", "world_size")
 FAILING = ("REGRESSION", "no baseline", "failed run", "too few steps")
 
 
@@ -34,9 +40,13 @@ class Thresholds:
 
 
 def load_thresholds(path: Path | None, workload: str) -> Thresholds:
-    """The workload's row, else the '*' row, else built-in defaults (blank cells = default)."""
-    if path is None or not Path(path).exists():
+    """The workload's row, else the '*' row, else built-in defaults (blank cells = default).
+    No path: the built-in defaults; a path that does not exist is an error."""
+    if path is None:
         return Thresholds()
+    if not Path(path).is_file():
+        raise UsageError(f"thresholds file {path} not found (give an existing CSV with the "
+                         f"header {','.join(THRESHOLD_COLUMNS)}, or leave --thresholds out)")
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if tuple(reader.fieldnames or ()) != THRESHOLD_COLUMNS:
@@ -79,6 +89,7 @@ class GateResult:
     mem_change: float | None = None
     time_verdict: str = ""
     mem_verdict: str = ""
+    pooled: str = ""  # what the baselines were pooled on, and what was left out
     verdict: str = "ok"
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
 
@@ -92,8 +103,37 @@ def _label(record: dict[str, Any]) -> str:
     return path.parent.name if path.name == "record.json" else path.name
 
 
+def _batch_size(record: dict[str, Any]) -> Any:
+    config = record.get("config") or {}
+    return ((config.get("workload") or {}).get("batch_size")
+            or (config.get("run") or {}).get("batch_size"))
+
+
+# (label, getter): what a baseline must share with the candidate to be pooled with it.
+POOL_KEYS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("workload", lambda r: r.get("workload")),
+    ("scale", lambda r: r.get("scale")),
+    ("kind", lambda r: r.get("kind") or "train"),
+    ("data source", lambda r: (r.get("data") or {}).get("source") or r.get("data_source")),
+    ("batch size", _batch_size),
+    ("grad accum", lambda r: ((r.get("config") or {}).get("run") or {}).get("grad_accum") or 1),
+    ("precision", lambda r: r.get("precision")),
+    ("weights dtype", lambda r: r.get("weights_dtype") or "fp32"),
+    ("mode", lambda r: r.get("mode")),
+    ("backend", lambda r: r.get("backend")),
+    ("device", lambda r: (r.get("env") or {}).get("device_name")),
+    ("world size", lambda r: r.get("world_size") or 1),
+    ("overrides", lambda r: tuple(sorted(((r.get("config") or {}).get("run") or {})
+                                         .get("overrides") or ()))),
+)
+
+
 def _key(record: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(record.get(k) if k != "world_size" else (record.get(k) or 1) for k in MATCH_KEYS)
+    return tuple(get(record) for _, get in POOL_KEYS)
+
+
+def _differences(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
+    return [label for label, get in POOL_KEYS if get(base) != get(cand)]
 
 
 def _same_file(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -148,7 +188,8 @@ def _memory_check(res: GateResult, cand: dict[str, Any], bases: list[dict[str, A
     if c_mem is None or not b_mems:
         res.mem_verdict = f"skip ({why or 'baseline has no memory figure'})"
         return
-    # Against the largest baseline peak: allocator noise between identical runs is not a regression.
+    # Against the largest peak of the matching baselines (same configuration, see POOL_KEYS):
+    # allocator noise between identical runs is not a regression.
     res.base_mem, res.cand_mem = max(b_mems), c_mem
     res.mem_change = c_mem / res.base_mem - 1.0 if res.base_mem else 0.0
     if res.mem_change > res.thresholds.memory_rel:
@@ -169,19 +210,31 @@ def gate(candidates: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if given:
             thr = dataclasses.replace(thr, **given, source=f"{thr.source} + command line")
-        res = GateResult(_label(cand), "/".join(map(str, key)), thresholds=thr)
+        res = GateResult(_label(cand), f"{cand.get('workload')}/{cand.get('scale')}/"
+                         f"{cand.get('backend')}/{cand.get('mode')}/{cand.get('precision')}/"
+                         f"ws{cand.get('world_size') or 1}", thresholds=thr)
         results.append(res)
         if cand.get("status") != "ok":
             res.verdict = "failed run"
             res.time_verdict = f"candidate status '{cand.get('status')}'"
             continue
-        bases = [b for b in baselines if _key(b) == key and b.get("status") == "ok"
-                 and _same_file(b, cand) is False]
+        others = [b for b in baselines if not _same_file(b, cand)]
+        bases = [b for b in others if _key(b) == key and b.get("status") == "ok"]
         res.baselines = len(bases)
+        left_out: dict[str, int] = {}
+        for b in others:
+            if b.get("status") != "ok":
+                left_out[f"status {b.get('status')}"] = left_out.get(f"status {b.get('status')}", 0) + 1
+            for label in _differences(b, cand):
+                left_out[f"other {label}"] = left_out.get(f"other {label}", 0) + 1
+        res.pooled = (f"pooled {len(bases)} of {len(others)} baseline run(s) with the same "
+                      f"{', '.join(label for label, _ in POOL_KEYS)}"
+                      + (f" (overrides: {' '.join(key[-1])})" if key[-1] else "")
+                      + (f"; left out: {', '.join(f'{n}x {why}' for why, n in left_out.items())}"
+                         if left_out else ""))
         if not bases:
             res.verdict = "no baseline"
-            res.time_verdict = ("no ok baseline run with the same workload/scale/backend/"
-                                "mode/precision/world size")
+            res.time_verdict = "no ok baseline run measured the same way"
             continue
         _time_check(res, cand, bases)
         _memory_check(res, cand, bases)
@@ -215,4 +268,6 @@ def render(results: Sequence[GateResult]) -> str:
         lines.append(f"{r.candidate}: time {r.time_verdict}; memory {r.mem_verdict or 'n/a'} "
                      f"[thresholds: step time +{t.step_time_rel:.0%}, memory +{t.memory_rel:.0%}, "
                      f"alpha {t.alpha} from {t.source}]")
+        if r.pooled:
+            lines.append(f"  {r.pooled}")
     return "\n".join(lines)

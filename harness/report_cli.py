@@ -150,9 +150,18 @@ def add_parity(sub: Any) -> None:
 def cmd_gate(args: argparse.Namespace) -> int:
     from harness.gate import gate, render
 
+    for flag, value in (("--time-threshold", args.time_threshold),
+                        ("--memory-threshold", args.memory_threshold)):
+        if value is not None and not value >= 0:  # `not >=` also refuses NaN
+            raise UsageError(f"{flag} must be >= 0 (a relative increase, e.g. 0.05), got {value}")
+    if args.alpha is not None and not 0 < args.alpha <= 1:
+        raise UsageError(f"--alpha must be in (0, 1], got {args.alpha}")
     baselines = load_records(args.baseline)
     candidates = load_records(args.records)
-    thresholds = args.thresholds or reference_dir(None) / "gate_thresholds.csv"
+    default = reference_dir(None) / "gate_thresholds.csv"
+    # An explicit --thresholds must exist (load_thresholds says so); the default file may be
+    # absent in an installed package, and then the built-in defaults apply (the table says so).
+    thresholds = args.thresholds or (default if default.is_file() else None)
     results = gate(candidates, baselines, thresholds,
                    {"step_time_rel": args.time_threshold, "memory_rel": args.memory_threshold,
                     "alpha": args.alpha})

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -88,3 +89,17 @@ def test_nproc_two_runs_ddp_over_gloo(tmp_path: Path) -> None:
     assert record["strategy"] == "ddp" and record["world_size"] == 2
     assert record["status"] == "ok" and record["metrics"]["accuracy"] > 0.8
     assert (out / "record.rank1.json").exists()
+
+
+def test_readme_synopsis_names_every_run_flag() -> None:
+    from harness.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    synopsis = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    parser = build_parser(["run"])
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    own = [a for a in run._actions if a.dest not in run.get_default("_plugin_dests")]
+    flags = {o for a in own for o in a.option_strings if o.startswith("--") and o != "--help"}
+    missing = sorted(f for f in flags  # whole flags: --steps must not hide in --warmup-steps
+                     if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", synopsis))
+    assert not missing, f"README's `harness run` synopsis lacks {missing}"

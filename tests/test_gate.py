@@ -9,6 +9,8 @@ Noise design for a shared 2-core host (other test sessions and engineers load it
 - the same-code pair is judged with a generous 25% threshold from a thresholds CSV (which
   also exercises per-workload overrides), and both runs bracket the slowed one in time;
 - torch uses one thread: OpenMP spin-waiting on an oversubscribed host distorts timings.
+The slowed run's record then states the baseline's overrides: it stands for new, slower code
+run with the same command (gate pools baselines only with candidates measured the same way).
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ import torch
 from harness import plugins
 from harness.cli import main
 from harness.config import RunConfig
+from harness.errors import UsageError
 from harness.gate import Thresholds, gate, load_thresholds
-from harness.records import read_record
+from harness.records import read_record, write_json_atomic
 from harness.runner import execute
 
 pytest.importorskip("scipy")
@@ -53,6 +56,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         torch.set_num_threads(threads)
         if added:
             pm.unregister(mod)
+    slow = read_record(root / "slow")
+    slow.pop("_path")
+    slow["config"]["run"]["overrides"] = [STALL]
+    write_json_atomic(root / "slow" / "record.json", slow)
     yield {name: root / name for name, _ in plan}
 
 
@@ -70,10 +77,12 @@ def test_same_code_passes(runs: dict[str, Path], tmp_path: Path,
 
 def test_slowed_run_fails(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["gate", "--baseline", str(runs["base"]), "--baseline", str(runs["same"]),
-                 str(runs["slow"]), "--thresholds", str(runs["base"] / "none.csv")])
+                 str(runs["slow"])])
     out = capsys.readouterr().out
     assert code == 1, out
     assert "REGRESSION: median +" in out
+    assert "pooled 2 of 2 baseline run(s) with the same workload, scale, kind, data source, " \
+           "batch size" in out
     res = gate([read_record(runs["slow"])], [read_record(runs[k]) for k in ("base", "same")])[0]
     assert res.baselines == 2  # pooled
     assert res.slowdown is not None and res.slowdown > 0.2
@@ -87,13 +96,54 @@ def test_baseline_folder_excludes_the_candidate(runs: dict[str, Path],
     assert "REGRESSION" in capsys.readouterr().out
 
 
-def _fake(times: list[float], mem: int = 100 << 20, **kw: Any) -> dict[str, Any]:
+def _fake(times: list[float], mem: int = 100 << 20, batch: int = 8, data: str = "synthetic",
+          overrides: tuple[str, ...] = (), device: str = "cpu0", **kw: Any) -> dict[str, Any]:
     rec = {"workload": "w", "scale": "smoke", "backend": "cpu", "mode": "eager",
            "precision": "fp32", "world_size": 1, "status": "ok", "emulated": False,
            "throughput": {"step_times_s": times}, "_path": f"/fake/{next(_IDS)}/record.json",
-           "memory": {"device_peak_allocated_bytes": mem}}
+           "memory": {"device_peak_allocated_bytes": mem}, "data": {"source": data},
+           "env": {"device_name": device},
+           "config": {"run": {"overrides": list(overrides), "grad_accum": 1},
+                      "workload": {"batch_size": batch}}}
     rec.update(kw)
     return rec
+
+
+@pytest.mark.parametrize("change", [
+    {"batch": 16}, {"data": "/data/coco"}, {"overrides": ("input_size=320",)},
+    {"device": "cpu1"}, {"precision": "bf16"}, {"mode": "compile"}, {"backend": "npu"},
+    {"weights_dtype": "bf16"}, {"scale": "full"}, {"world_size": 2}])
+def test_baselines_pool_only_with_the_same_configuration(change: dict[str, Any]) -> None:
+    base = [0.010 + 0.0001 * (i % 7) for i in range(60)]
+    (r,) = gate([_fake(base)], [_fake(base, **change)])
+    assert r.verdict == "no baseline" and r.failed and r.baselines == 0
+    assert "pooled 0 of 1" in r.pooled and "left out: 1x other" in r.pooled
+
+
+def test_memory_is_compared_with_the_matching_baseline() -> None:
+    base = [0.010 + 0.0001 * (i % 7) for i in range(60)]
+    # A bigger-batch baseline (12.6 GiB) must not hide the candidate's growth over its own.
+    (r,) = gate([_fake(base, mem=130 << 20)],
+                [_fake(base, mem=100 << 20), _fake(base, mem=int(12.6 * 2**30), batch=32)])
+    assert r.baselines == 1 and r.base_mem == 100 << 20
+    assert r.verdict == "REGRESSION" and r.mem_verdict.startswith("REGRESSION: +30.0%")
+    assert "left out: 1x other batch size" in r.pooled
+
+
+def test_thresholds_file_must_exist_and_thresholds_be_valid(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UsageError, match="thresholds file .*missing.csv not found"):
+        load_thresholds(tmp_path / "missing.csv", "w")
+    rec = tmp_path / "r"
+    write_json_atomic(rec / "record.json", {"schema": "perception-harness/run-record/1"})
+    assert main(["gate", "--baseline", str(rec), str(rec),
+                 "--thresholds", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv not found" in capsys.readouterr().err
+    for flag, value in (("--time-threshold", "-1"), ("--memory-threshold", "-0.5"),
+                        ("--alpha", "0"), ("--time-threshold", "nan")):
+        assert main(["gate", "--baseline", str(rec), str(rec), flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and flag in err
 
 
 def test_rules_on_synthetic_samples() -> None:
@@ -122,6 +172,6 @@ def test_threshold_table_precedence(tmp_path: Path) -> None:
     assert load_thresholds(path, "w").step_time_rel == 0.2
     other = load_thresholds(path, "other")
     assert (other.step_time_rel, other.memory_rel, other.alpha) == (0.07, 0.10, 0.05)
-    assert load_thresholds(tmp_path / "missing.csv", "w") == Thresholds()
+    assert load_thresholds(None, "w") == Thresholds()
     (r,) = gate([_fake([0.012] * 20)], [_fake([0.010] * 20)], path, {"step_time_rel": 0.5})
     assert r.thresholds.step_time_rel == 0.5 and r.verdict == "ok"
