@@ -33,6 +33,7 @@ BUILTINS: tuple[str, ...] = (
     "backends.onnxruntime",
     "workloads.yolov3",
     "workloads.bevdepth",
+    "workloads.lane_multitask",
     "workloads.openlanev2_topology",
     "workloads.streampetr",
 )

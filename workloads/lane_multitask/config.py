@@ -1,0 +1,105 @@
+"""Configuration of the lanes workload: one frozen dataclass, presets `smoke` and `full`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+# GANet-S (configs/tusimple/final_exp_res18_s8.py): 200 epochs of the 3,626 TuSimple
+# training frames at 32 per iteration (113.3 iterations per epoch), steps at epochs 50, 100.
+GANET_EPOCHS = 200
+GANET_ITERS_PER_EPOCH = 3626 / 32
+
+
+@dataclasses.dataclass(frozen=True)
+class LanesConfig:
+    # -- encoder (workloads/layers/resnet.py) and FPN to stride 8 --
+    depth: int = 18
+    base_channels: int = 64
+    stage_blocks: tuple[int, ...] = ()  # () = the depth's own table
+    frozen_stages: int = -1  # GANet freezes stage 1 of an ImageNet ResNet; here from scratch
+    fpn_channels: int = 64
+    head_channels: int = 64  # GANet's CtnetHead head_conv (= branch_in_channels)
+    seg_channels: int = 32
+    # -- input: crop rows [crop_top * H, H) of the source frame, resize to input_size --
+    input_size: tuple[int, int] = (320, 800)  # (H, W), multiples of 8
+    crop_top: float = 160 / 720  # GANet's crop_bbox [0, 160, 1280, 720] as a fraction of H
+    source_size: tuple[int, int] = (1280, 720)  # (W, H) of the frames; read from the data
+    hm_stride: int = 8
+    # GANet normalises BGR with these (img_norm_cfg, to_rgb=False)
+    mean_bgr: tuple[float, float, float] = (75.3, 76.6, 77.6)
+    std_bgr: tuple[float, float, float] = (50.5, 53.8, 54.3)
+    flip_prob: float = 0.5
+    # where the drivable masks come from: resolved from the data ("files", "derived", "mixed")
+    drivable_source: Literal["auto", "files", "derived", "mixed"] = "auto"
+    cache_decoded: bool = False  # keep decoded, resized frames in memory (small datasets)
+    # -- targets (GANet CollectLanePoints) --
+    radius: int = 2  # keypoint Gaussian radius, heatmap cells
+    root_radius: int = 4  # start-point Gaussian radius
+    joint_weights: tuple[float, float, float] = (1.0, 0.4, 0.2)
+    # -- loss: GANet's loss_weights plus the drivable term --
+    weight_center: float = 0.0
+    weight_point: float = 1.0
+    weight_error: float = 1.0
+    weight_offset: float = 0.5
+    weight_seg_bce: float = 1.0
+    weight_seg_dice: float = 1.0
+    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    # -- decoding (GANet configs/tusimple/test_common_s8.py) --
+    kpt_thr: float = 0.3
+    root_thr: float = 1.0
+    cluster_thr: float = 4.0  # cluster_by_center_thr
+    points_thr: int = 7  # a lane needs more than this many points
+    mask_thr: float = 0.5
+    # -- synthetic data (used when no --data is given) --
+    synth_train_frames: int = 160
+    synth_test_frames: int = 40
+    synth_seed: int = 0
+    # -- fields the runner reads --
+    batch_size: int = 32
+    eval_batch_size: int = 8
+    steps: int = round(GANET_EPOCHS * GANET_ITERS_PER_EPOCH)
+    grad_clip: float | None = None
+    num_workers: int = 4
+    # -- optimizer and schedule (GANet: Adam 1e-4, constant warmup 100 iters at 1/3, x0.1 at
+    # epochs 50 and 100 of 200) --
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    warmup_ratio: float = 1 / 3
+    milestones: tuple[float, ...] = (50 / 200, 100 / 200)  # fractions of total steps
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        h, w = self.input_size
+        if h % self.hm_stride or w % self.hm_stride:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of hm_stride "
+                             f"{self.hm_stride}")
+        if not 0 <= self.crop_top < 1:
+            raise ValueError(f"crop_top must be in [0, 1), got {self.crop_top}")
+
+    @property
+    def hm_size(self) -> tuple[int, int]:
+        return self.input_size[0] // self.hm_stride, self.input_size[1] // self.hm_stride
+
+    @classmethod
+    def full(cls) -> LanesConfig:
+        """GANet-S on TuSimple: ResNet-18, FPN to stride 8 (64 ch), 320x800 crop input,
+        40x100 heatmaps, GANet's losses, Adam 1e-4 with its step schedule, batch 32. Not
+        reproduced: the transformer encoder on C5 and the LFA module (1-D deformable conv with
+        its 4_smoothl1loss), the ImageNet initialisation, and GANet's photometric and affine
+        augmentations (only the horizontal flip is kept)."""
+        return cls()
+
+    @classmethod
+    def smoke(cls) -> LanesConfig:
+        """The same architecture narrowed (base 16 channels, one block per stage, 32-ch FPN)
+        at a 160x400 crop input (20x50 heatmaps), on synthetic road scenes; trains on 2 CPU
+        cores in a few minutes. Departures chosen for speed of convergence: lr 2e-3 and a
+        cosine-free step schedule over far fewer steps."""
+        return cls(
+            base_channels=16, stage_blocks=(1, 1, 1, 1), fpn_channels=32, head_channels=32,
+            seg_channels=16, input_size=(160, 400), cache_decoded=True,
+            synth_train_frames=160, synth_test_frames=40,
+            batch_size=8, eval_batch_size=8, steps=300, num_workers=0,
+            lr=2e-3, warmup_steps=20, milestones=(0.8,),
+        )
