@@ -131,7 +131,7 @@ def update_tables(records: Sequence[dict[str, Any]], ref_dir: Path, with_perf: b
         if rec.get("status") != "ok":
             raise UsageError(f"{rec.get('_path')}: status '{rec.get('status')}'; "
                              "reference values are only taken from ok runs")
-        key = (str(rec.get("workload")), str(rec.get("scale")), record_kind(rec),
+        key: tuple[str, ...] = (str(rec.get("workload")), str(rec.get("scale")), record_kind(rec),
                format_config(record_overrides(rec)), str(rec.get("backend")), record_device(rec),
                str(rec.get("precision")), record_weights_dtype(rec), str(rec.get("mode")),
                str(rec.get("world_size") or 1))

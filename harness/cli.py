@@ -11,13 +11,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from harness.errors import EXIT_FAILED, EXIT_OK, HarnessError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line style
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep our one-line style
         raise UsageError(f"{self.prog}: {message}")
 
 

@@ -160,6 +160,8 @@ def build(records: Sequence[dict[str, Any]], ref_dir: Path | None = None,
     if len(kinds) > 1:
         listed = ", ".join(f"{w}/{s}" for w, s in sorted(kinds, key=str))
         raise UsageError(f"parity compares runs of one workload and scale; got {listed}")
+    if len({r.get("kind") or "train" for r in records}) > 1:  # training vs inference speed
+        raise UsageError("parity compares runs of one kind; got train and eval records")
     base = records[0]
     matched: dict[str, RefRow] = {}
     if ref_dir is not None:

@@ -86,7 +86,7 @@ def can_emulate(backend: type[Backend]) -> bool:
     """Whether the backend offers a CPU-emulated device (`--emulate`)."""
     from harness.api import Backend
 
-    return getattr(backend.emulate, "__func__", None) is not Backend.emulate.__func__
+    return getattr(backend.emulate, "__func__", None) is not Backend.emulate.__func__  # type: ignore[attr-defined]
 
 
 @functools.lru_cache(maxsize=1)
@@ -113,13 +113,13 @@ def get_plugin_manager() -> pluggy.PluginManager:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) if hasattr(exc, "plugin") else "?"
+        name = (pm.get_name(exc.plugin) if hasattr(exc, "plugin") else None) or "?"
         raise PluginLoadError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
     return pm
 
 
-def _collect(hook_results: list[list[type]], kind: str) -> dict[str, type]:
-    found: dict[str, type] = {}
+def _collect(hook_results: list[list[Any]], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
     for group in hook_results:
         for cls in group:
             if cls.name in found and found[cls.name] is not cls:

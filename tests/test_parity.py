@@ -141,6 +141,8 @@ def test_mixed_workloads_or_scales_are_refused(runs: list[Path]) -> None:
     other["scale"] = "full"
     with pytest.raises(UsageError, match="one workload and scale; got tiny/full, tiny/smoke"):
         build([base, other])
+    with pytest.raises(UsageError, match="one kind; got train and eval"):
+        build([base, {**base, "kind": "eval"}])
     assert main(["parity"]) == 2
 
 
