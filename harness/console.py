@@ -31,6 +31,35 @@ def format_line(run: Run, row: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _clock(seconds: float) -> str:
+    """h:mm:ss as the seed prints times; sub-10 s steps keep milliseconds (0:00:00.512)."""
+    if seconds >= 10:
+        return str(timedelta(seconds=round(seconds)))
+    whole = int(seconds)
+    return f"{timedelta(seconds=whole)}.{int(round((seconds - whole) * 1000)):03d}"
+
+
+def format_seed_line(run: Run, row: dict[str, Any]) -> str:
+    """A workload with `console_style = "seed"` (the OpenLane-V2 seed's DeepSpeed script):
+    `Epoch 0, idx 349 / 11239, iter 174 / 5619, bs 2 *acc 2: 4, eta 2 days, 9:12:06,
+    iter_time 0:00:37, loss 5.2290, lc_loss_cls 0.1268, ...`: idx counts micro-batches and iter
+    optimizer steps, both 0-based within the epoch, as the seed's loop does."""
+    elapsed = time.time() - run.started
+    step, acc = row["step"], run.config.grad_accum
+    per_epoch = max(run.steps_per_epoch, 1)
+    eta = timedelta(seconds=int(elapsed / max(step, 1) * (run.total_steps - step)))
+    bs = int(getattr(run.workload.config, "batch_size", 1) or 1)
+    world = run.strategy.world_size
+    batch = f"bs {bs} *acc {acc}" + (f" *world {world}" if world > 1 else "")
+    parts = [f"Epoch {row['epoch']}", f"idx {(step * acc - 1) % (per_epoch * acc)} / "
+             f"{per_epoch * acc}", f"iter {(step - 1) % per_epoch} / {per_epoch}",
+             f"{batch}: {bs * acc * world}", f"eta {eta}", f"iter_time {_clock(row['iter_time'])}",
+             f"loss {row['loss']:.4f}"]
+    skip = {"step", "epoch", "iter_time", "data_time", "loss"}
+    parts += [f"{k} {_fmt(v)}" for k, v in row.items() if k not in skip]
+    return ", ".join(parts)
+
+
 class ConsoleObserver:
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
@@ -57,7 +86,8 @@ class ConsoleObserver:
         row = run.last_log
         if row is not None:
             self._clear_bar()
-            print(format_line(run, row), flush=True)
+            seed_style = getattr(run.workload, "console_style", "") == "seed"
+            print((format_seed_line if seed_style else format_line)(run, row), flush=True)
             if self._jsonl:
                 self._jsonl.write(json.dumps(row) + "\n")
                 self._jsonl.flush()

@@ -1,0 +1,198 @@
+"""OpenLane-V2 subset_A reader: data_dict_subset_A.json, per-frame info JSON, ring images.
+
+Ground truth goes through the devkit's own `collect()` (openlanev2.centerline.preprocessing),
+as the official preprocessing does: point interval 1 for train (201 points per centerline)
+and 20 for val (11 points, what the metric scores). Existing collection pickles in the root
+(`data_dict_subset_A_{split}.pkl`) are used as they are. New ones are written to the cache,
+never into the dataset root: `collect(root_path, ...)` writes `{root_path}/{name}.pkl`, so it is
+given a folder in the cache whose split folders are symlinks into the root.
+
+Each sample resizes every camera to the model's (H, W) from its own source size (the portrait
+front view is stretched to landscape as the baseline's ResizeFrontView does), scales K by the
+per-camera factors, builds lidar2img = K @ ego->camera (the info's extrinsic is camera->ego),
+fits the train centerlines with the endpoint-fixed Bezier (5 control points) and scales the
+traffic-element boxes into input pixels. Training adds a photometric distortion per view.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness import DatasetError
+
+DATA_DICT = "data_dict_subset_A.json"
+POINT_INTERVAL = {"train": 1, "val": 20, "test": 20}
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+def read_data_dict(root: Path) -> dict[str, dict[str, list[str]]]:
+    path = Path(root) / DATA_DICT
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing (not an OpenLane-V2 subset_A root)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    for split in ("train", "val"):
+        if not isinstance(data.get(split), dict) or not data[split]:
+            raise DatasetError(f"{path}: field '{split}' has no segments")
+    return data
+
+
+def collection_path(root: Path, split: str, cache_dir: Path, collect: Callable[..., None],
+                    data_dict: dict[str, dict[str, list[str]]]) -> Path:
+    """The devkit collection pkl of a split: the root's own, or one collected into the cache."""
+    own = Path(root) / f"data_dict_subset_A_{split}.pkl"
+    if own.is_file():
+        return own
+    root = Path(root).resolve()
+    stamp = (root / DATA_DICT).stat().st_mtime_ns
+    key = hashlib.sha1(f"{root}|{stamp}".encode()).hexdigest()[:12]
+    view = Path(cache_dir) / "openlanev2-collections" / f"{root.name}-{key}"
+    name = f"data_dict_subset_A_{split}"
+    out = view / f"{name}.pkl"
+    if out.is_file():
+        return out
+    view.mkdir(parents=True, exist_ok=True)
+    link = view / split
+    if not link.exists():
+        os.symlink(root / split, link, target_is_directory=True)
+    for seg, stamps in data_dict[split].items():
+        for ts in stamps:
+            info = root / split / seg / "info" / ts
+            if not info.is_file():
+                raise DatasetError(f"{root / DATA_DICT}: {split}/{seg}/{ts} listed but "
+                                   f"{info} is missing")
+    collect(str(view), {split: data_dict[split]}, name, point_interval=POINT_INTERVAL[split])
+    return out
+
+
+def load_collection(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    with open(path, "rb") as f:
+        frames = pickle.load(f)
+    if not isinstance(frames, dict) or not frames:
+        raise DatasetError(f"{path}: not an OpenLane-V2 collection (a non-empty dict)")
+    return frames
+
+
+def cameras_of(frame: dict[str, Any], where: str) -> tuple[str, ...]:
+    sensor = frame.get("sensor")
+    if not isinstance(sensor, dict) or not sensor:
+        raise DatasetError(f"{where}: field 'sensor' is missing or empty")
+    cams = tuple(sensor)
+    if cams[0] != "ring_front_center":
+        raise DatasetError(f"{where}: field 'sensor' must list ring_front_center first "
+                           f"(got {cams[0]}); the traffic-element head reads the first view")
+    return cams
+
+
+def _photometric(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """BEVFormer's PhotoMetricDistortion, simplified to brightness, contrast, saturation."""
+    if rng.random() < 0.5:
+        img = img + float(rng.uniform(-32, 32))
+    if rng.random() < 0.5:
+        img = img * float(rng.uniform(0.5, 1.5))
+    if rng.random() < 0.5:
+        grey = img.mean(0, keepdim=True)
+        img = grey + (img - grey) * float(rng.uniform(0.5, 1.5))
+    return img.clamp(0, 255)
+
+
+class OpenLaneV2Dataset(torch.utils.data.Dataset):
+    def __init__(self, frames: dict[tuple[str, str, str], dict[str, Any]], root: Path,
+                 cameras: tuple[str, ...], input_size: tuple[int, int], pad_divisor: int,
+                 num_control: int, train: bool, photometric: bool = False) -> None:
+        self.keys = sorted(frames)
+        self.frames, self.root = frames, Path(root)
+        self.cameras, self.input_size = cameras, tuple(input_size)
+        self.pad_divisor, self.num_control = pad_divisor, num_control
+        self.train, self.photometric = train, photometric and train
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _load(self, rel: str) -> tuple[Image.Image, tuple[int, int]]:
+        """The image (possibly decoded at a reduced JPEG scale) and its source (W, H)."""
+        path = self.root / rel
+        try:
+            img = Image.open(path)
+            size = img.size
+            h, w = self.input_size
+            img.draft("RGB", (w, h))  # JPEG DCT scaling: decode near the target size
+            return img.convert("RGB"), size
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: image listed in the frame info is missing") from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from workloads.openlanev2_topology.loss import fit_bezier_endpoints_fixed
+
+        key = self.keys[index]
+        frame = self.frames[key]
+        h, w = self.input_size
+        ph = math.ceil(h / self.pad_divisor) * self.pad_divisor
+        pw = math.ceil(w / self.pad_divisor) * self.pad_divisor
+        rng = np.random.default_rng((index, torch.initial_seed() % 2**32))
+        imgs = torch.zeros(len(self.cameras), 3, ph, pw)
+        lidar2img = torch.zeros(len(self.cameras), 4, 4, dtype=torch.float64)
+        front_scale = (1.0, 1.0)
+        for i, cam in enumerate(self.cameras):
+            meta = frame["sensor"].get(cam)
+            if meta is None:
+                raise DatasetError(f"frame {key}: field 'sensor.{cam}' is missing")
+            img, (src_w, src_h) = self._load(meta["image_path"])
+            img = img.resize((w, h), Image.BILINEAR)
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+            if self.photometric:
+                x = _photometric(x, rng)
+            imgs[i, :, :h, :w] = (x - MEAN) / STD
+            sx, sy = w / src_w, h / src_h
+            if i == 0:
+                front_scale = (sx, sy)
+            k = np.eye(4)
+            k[:3, :3] = np.diag([sx, sy, 1.0]) @ np.asarray(meta["intrinsic"]["K"], np.float64)
+            rot = np.asarray(meta["extrinsic"]["rotation"], np.float64)
+            trans = np.asarray(meta["extrinsic"]["translation"], np.float64)
+            ego2cam = np.eye(4)
+            ego2cam[:3, :3], ego2cam[:3, 3] = rot.T, -rot.T @ trans
+            lidar2img[i] = torch.from_numpy(k @ ego2cam)
+        sample: dict[str, Any] = {"imgs": imgs, "lidar2img": lidar2img.float(),
+                                  "front_valid_hw": torch.tensor([h, w]),
+                                  "front_scale": torch.tensor(front_scale), "key": key}
+        ann = frame.get("annotation")
+        if self.train:
+            if ann is None:
+                raise DatasetError(f"frame {key}: field 'annotation' is missing (train split)")
+            lanes = [np.asarray(lc["points"], np.float64) for lc in ann["lane_centerline"]]
+            ctrl = [fit_bezier_endpoints_fixed(p, self.num_control).reshape(-1) for p in lanes]
+            sample["gt_lc"] = torch.tensor(np.array(ctrl), dtype=torch.float32).view(
+                len(ctrl), 3 * self.num_control)
+            boxes = [np.asarray(te["points"], np.float64).reshape(4) for te in
+                     ann["traffic_element"]]
+            scale = np.array([front_scale[0], front_scale[1]] * 2)
+            sample["gt_te"] = torch.tensor(np.array(boxes) * scale if boxes else
+                                           np.zeros((0, 4)), dtype=torch.float32)
+            sample["gt_te_labels"] = torch.tensor([int(te["attribute"]) for te in
+                                                   ann["traffic_element"]], dtype=torch.long)
+            n, m = len(lanes), len(boxes)
+            sample["gt_lclc"] = torch.as_tensor(np.asarray(ann["topology_lclc"]).reshape(n, n))
+            sample["gt_lcte"] = torch.as_tensor(np.asarray(ann["topology_lcte"]).reshape(n, m))
+        return sample
+
+
+def collate_openlanev2(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in samples[0]:
+        values = [s[k] for s in samples]
+        stack = k in ("imgs", "lidar2img", "front_valid_hw", "front_scale")
+        out[k] = torch.stack(values) if stack else values
+    return out

@@ -1,0 +1,263 @@
+"""Synthetic OpenLane-V2 subset_A: the real on-disk layout with scenes a model can learn.
+
+Writes `ROOT/data_dict_subset_A.json`, per-frame `ROOT/{split}/{segment}/info/{ts}.json` (the 7
+Argoverse-2 ring cameras, ring_front_center first, with intrinsics K, camera->ego extrinsics,
+the ego pose, lane centerlines of 201 points in the ego frame, traffic elements with their
+front-camera boxes, topology_lclc and topology_lcte) and the images
+`ROOT/{split}/{segment}/image/{camera}/{ts}.jpg` at the real sizes (front 1550x2048 portrait,
+the others 2048x1550; `image_scale` shrinks them and their K alike).
+
+Each segment is a road through an intersection: 2-3 parallel lanes whose centerlines run
+approach -> connector -> exit (lane-lane edges where one ends and the next starts), a left-turn
+connector from the leftmost approach lane, one traffic light above each approach lane (red,
+green or yellow, linked to its approach lane and connector) and one arrow sign (attribute
+4..12, linked to every approach lane). The ego drives along the road, 2 m per frame. Images
+are rendered by projecting the 3D scene with the rig's calibration: asphalt below the horizon,
+sky above, each centerline as a painted stripe whose width follows its depth, small stop bars
+where segments meet, and the lights/signs as coloured panels; the boxes in the annotation are
+the projected panels, so everything annotated is visible where the camera sees it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CAMERAS: tuple[str, ...] = (
+    "ring_front_center", "ring_front_left", "ring_front_right", "ring_rear_left",
+    "ring_rear_right", "ring_side_left", "ring_side_right",
+)
+# yaw (deg, ego frame, left positive), mount (x, y) metres; Argoverse-2-like ring
+RIG = {
+    "ring_front_center": (0.0, (1.63, 0.0)), "ring_front_left": (45.0, (1.55, 0.5)),
+    "ring_front_right": (-45.0, (1.55, -0.5)), "ring_side_left": (99.0, (1.0, 0.9)),
+    "ring_side_right": (-99.0, (1.0, -0.9)), "ring_rear_left": (153.0, (-0.2, 0.6)),
+    "ring_rear_right": (-153.0, (-0.2, -0.6)),
+}
+REAL_SIZE = {"ring_front_center": (1550, 2048)}  # (W, H); the others are 2048x1550
+FOCAL = 1777.5  # AV2 ring cameras at full resolution
+CAM_HEIGHT = 1.38
+# One colour per traffic-element attribute (0..12), so the attribute is visible.
+TE_COLOURS = [(128, 128, 128), (230, 30, 30), (30, 220, 60), (240, 200, 20), (40, 90, 230),
+              (160, 40, 200), (20, 200, 200), (250, 120, 0), (120, 60, 20), (250, 250, 250),
+              (90, 90, 0), (250, 100, 180), (100, 160, 60)]
+STEP_M, LANE_W = 2.0, 3.5
+
+
+def camera_calibration(camera: str, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                           tuple[int, int]]:
+    """(K, rotation cam->ego, translation, (W, H)) of one ring camera at `scale`."""
+    w, h = REAL_SIZE.get(camera, (2048, 1550))
+    w, h = max(16, round(w * scale)), max(16, round(h * scale))
+    k = np.array([[FOCAL * w / REAL_SIZE.get(camera, (2048, 1550))[0], 0, w / 2],
+                  [0, FOCAL * h / REAL_SIZE.get(camera, (2048, 1550))[1], h / 2], [0, 0, 1.0]])
+    yaw = math.radians(RIG[camera][0])
+    rz = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0],
+                   [0, 0, 1.0]])
+    axes = np.array([[0, 0, 1.0], [-1, 0, 0], [0, -1, 0]])  # cam x right, y down, z forward
+    return k, rz @ axes, np.array([*RIG[camera][1], CAM_HEIGHT]), (w, h)
+
+
+def _road_point(s: np.ndarray, off: float, road: dict) -> np.ndarray:
+    """World-frame points at arc length s along the road's reference line, lateral offset off."""
+    heading = road["theta"] + road["kappa"] * s
+    x = road["x0"] + (np.sin(heading) - np.sin(road["theta"])) / road["kappa"] \
+        if abs(road["kappa"]) > 1e-6 else road["x0"] + s * np.cos(road["theta"])
+    y = road["y0"] - (np.cos(heading) - np.cos(road["theta"])) / road["kappa"] \
+        if abs(road["kappa"]) > 1e-6 else road["y0"] + s * np.sin(road["theta"])
+    x, y = x - off * np.sin(heading), y + off * np.cos(heading)
+    return np.stack([x, y, road["slope"] * s], -1)
+
+
+def _segment_scene(rng: np.random.Generator, frames: int) -> dict:
+    road = {"theta": rng.uniform(-0.12, 0.12), "kappa": rng.uniform(-0.004, 0.004),
+            "x0": 0.0, "y0": rng.uniform(-1.5, 1.5), "slope": rng.uniform(-0.01, 0.01)}
+    n_lanes = int(rng.integers(2, 4))
+    travel = STEP_M * (frames - 1)
+    stop = rng.uniform(8, 22) + travel  # arc length of the stop line, ahead of the last frame
+    offs = [(k - rng.integers(0, n_lanes)) * LANE_W for k in range(n_lanes)]
+    lanes, edges, lights = [], [], []
+    for off in offs:
+        base = len(lanes)
+        for s0, s1 in ((stop - 60, stop), (stop, stop + 14), (stop + 14, stop + 60)):
+            lanes.append(_road_point(np.linspace(s0, s1, 201), off, road))
+        edges += [(base, base + 1), (base + 1, base + 2)]
+        colour = int(rng.choice([1, 2, 3]))
+        lights.append({"attribute": colour, "category": 1, "center": _road_point(
+            np.array([stop + 8.0]), off, road)[0] + [0, 0, 4.5], "size": (2.0, 4.0),
+            "lanes": [base, base + 1]})
+    left = int(np.argmax(offs))
+    start = _road_point(np.array([stop]), offs[left], road)[0]
+    heading = road["theta"] + road["kappa"] * stop
+    fwd, lat = np.array([math.cos(heading), math.sin(heading)]), np.array(
+        [-math.sin(heading), math.cos(heading)])
+    t = np.linspace(0, 1, 201)[:, None]
+    ctrl = [start[:2], start[:2] + 9 * fwd, start[:2] + 11 * fwd + 5 * lat,
+            start[:2] + 11 * fwd + 20 * lat]
+    curve = sum(math.comb(3, j) * (1 - t) ** (3 - j) * t ** j * ctrl[j] for j in range(4))
+    lanes.append(np.concatenate([curve, np.full((201, 1), start[2])], 1))
+    edges.append((3 * left, len(lanes) - 1))
+    right = float(min(offs)) - 0.75 * LANE_W
+    sign = {"attribute": int(rng.integers(4, 13)), "category": 2, "size": (3.0, 3.0),
+            "center": _road_point(np.array([stop + 2.0]), right, road)[0] + [0, 0, 3.0],
+            "lanes": [3 * k for k in range(n_lanes)]}
+    return {"road": road, "lanes": lanes, "edges": edges, "tes": lights + [sign]}
+
+
+def _to_cam(points: np.ndarray, rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    return (points - trans) @ rot  # ego -> camera (rot is cam -> ego)
+
+
+def _project(cam_pts: np.ndarray, k: np.ndarray) -> np.ndarray:
+    uv = cam_pts @ k.T
+    return uv[:, :2] / np.maximum(uv[:, 2:3], 1e-6)
+
+
+def _panel_corners(te: dict, ego_pose: tuple[np.ndarray, float]) -> np.ndarray:
+    w, h = te["size"]
+    c = _world_to_ego(te["center"][None], ego_pose)[0]
+    lat = np.array([0.0, w / 2, 0.0])  # panels face the ego (normal along -x)
+    up = np.array([0.0, 0.0, h / 2])
+    return np.stack([c - lat - up, c - lat + up, c + lat - up, c + lat + up])
+
+
+def _world_to_ego(p: np.ndarray, pose: tuple[np.ndarray, float]) -> np.ndarray:
+    t, yaw = pose
+    r = np.array([[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0],
+                  [0, 0, 1.0]])
+    return (p - t) @ r
+
+
+def _render(camera: str, scale: float, lanes: list[np.ndarray], tes: list[dict],
+            te_corners: list[np.ndarray], rng: np.random.Generator) -> Image.Image:
+    k, rot, trans, (w, h) = camera_calibration(camera, scale)
+    img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(70, 100, 3)))
+    draw = ImageDraw.Draw(img)
+    horizon = int(k[1, 2])
+    draw.rectangle([0, 0, w, horizon], fill=(150, 180, 215))
+    for lane in lanes:
+        cam = _to_cam(lane[::4], rot, trans)
+        uv = _project(cam, k)
+        for i in range(len(cam) - 1):
+            d = min(cam[i, 2], cam[i + 1, 2])
+            if d < 1.0:
+                continue
+            width = min(max(1, int(0.35 * k[0, 0] / d)), w // 20)
+            draw.line([tuple(uv[i]), tuple(uv[i + 1])], fill=(235, 235, 225), width=width)
+        for end in (cam[0], cam[-1]):  # stop bars where segments meet
+            if end[2] > 1.0:
+                u, v = _project(end[None], k)[0]
+                r = max(1, int(0.9 * k[0, 0] / end[2]))
+                draw.rectangle([u - r, v - r / 4, u + r, v + r / 4], fill=(250, 210, 60))
+    for te, corners in zip(tes, te_corners):
+        cam = _to_cam(corners, rot, trans)
+        if (cam[:, 2] < 1.0).any():
+            continue
+        uv = _project(cam, k)
+        box = [uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]
+        draw.rectangle(box, fill=(25, 25, 25))
+        pad = 0.15 * min(box[2] - box[0], box[3] - box[1])
+        draw.rectangle([box[0] + pad, box[1] + pad, box[2] - pad, box[3] - pad],
+                       fill=TE_COLOURS[te["attribute"]])
+    return img
+
+
+def _frame(root: Path, split: str, seg: str, ts: int, scene: dict, ego_x: float, scale: float,
+           rng: np.random.Generator) -> dict:
+    pose_t = np.array([ego_x, 0.0, 0.0])  # the ego drives along the world x axis
+    pose = (pose_t, 0.0)
+    bx, by = 50.0, 25.0
+    kept, remap = [], {}
+    for i, lane in enumerate(scene["lanes"]):
+        ego = _world_to_ego(lane, pose)
+        inside = (np.abs(ego[:, 0]) <= bx) & (np.abs(ego[:, 1]) <= by)
+        if inside.sum() < 10:
+            continue
+        idx = np.flatnonzero(inside)
+        part = ego[idx[0]: idx[-1] + 1]
+        resampled = np.stack([np.interp(np.linspace(0, len(part) - 1, 201),
+                                        np.arange(len(part)), part[:, j]) for j in range(3)], 1)
+        remap[i] = len(kept)
+        kept.append(resampled)
+    k0, rot0, trans0, (w0, h0) = camera_calibration(CAMERAS[0], scale)
+    tes, te_boxes, te_corners = [], [], []
+    for te in scene["tes"]:
+        corners = _panel_corners(te, pose)
+        cam = _to_cam(corners, rot0, trans0)
+        if (cam[:, 2] < 1.0).any():
+            continue
+        uv = _project(cam, k0)
+        x1, y1 = uv.min(0)
+        x2, y2 = uv.max(0)
+        x1, x2, y1, y2 = max(x1, 0), min(x2, w0), max(y1, 0), min(y2, h0)
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            continue
+        tes.append(te)
+        te_corners.append(corners)
+        te_boxes.append([[float(x1), float(y1)], [float(x2), float(y2)]])
+    lclc = np.zeros((len(kept), len(kept)), dtype=int)
+    for a, b in scene["edges"]:
+        if a in remap and b in remap:
+            lclc[remap[a], remap[b]] = 1
+    lcte = np.zeros((len(kept), len(tes)), dtype=int)
+    for j, te in enumerate(tes):
+        for lane in te["lanes"]:
+            if lane in remap:
+                lcte[remap[lane], j] = 1
+    sensor = {}
+    ego_lanes = [_world_to_ego(lane, pose) for lane in scene["lanes"]]
+    for cam in CAMERAS:
+        k, rot, trans, _ = camera_calibration(cam, scale)
+        rel = f"{split}/{seg}/image/{cam}/{ts}.jpg"
+        sensor[cam] = {"image_path": rel, "extrinsic": {"rotation": rot.tolist(),
+                                                        "translation": trans.tolist()},
+                       "intrinsic": {"K": k.tolist(), "distortion": [0.0, 0.0, 0.0]}}
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _render(cam, scale, ego_lanes, tes, te_corners, rng).save(path, quality=88)
+    return {
+        "version": "v2.1-synthetic", "segment_id": seg,
+        "meta_data": {"source": "synthetic", "source_id": f"synthetic-{seg}"},
+        "timestamp": ts, "sensor": sensor,
+        "pose": {"rotation": np.eye(3).tolist(), "translation": pose_t.tolist()},
+        "annotation": {
+            "lane_centerline": [{"id": 1000 + i, "points": lane.round(4).tolist(),
+                                 "is_intersection_or_connector": False}
+                                for i, lane in enumerate(kept)],
+            "traffic_element": [{"id": 2000 + j, "category": te["category"],
+                                 "attribute": te["attribute"], "points": box}
+                                for j, (te, box) in enumerate(zip(tes, te_boxes))],
+            "topology_lclc": lclc.tolist(), "topology_lcte": lcte.tolist()}}
+
+
+def write_synthetic_openlanev2(root: Path, seed: int = 0, train_segments: int = 12,
+                               val_segments: int = 3, frames_per_segment: int = 8,
+                               image_scale: float = 1.0, first_segment: int = 0,
+                               first_timestamp: int = 315967376899927209) -> Path:
+    """Write the dataset once (a `.complete` marker makes reruns free); returns root."""
+    root = Path(root)
+    if (root / ".complete").is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    data_dict: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
+    seg_no, ts = first_segment, first_timestamp
+    for split, count in (("train", train_segments), ("val", val_segments)):
+        for _ in range(count):
+            seg = f"{seg_no:05d}"
+            seg_no += 1
+            scene = _segment_scene(rng, frames_per_segment)
+            names = []
+            for f in range(frames_per_segment):
+                ts += int(rng.integers(99_000_000, 101_000_000))  # ~10 Hz, ns
+                info = _frame(root, split, seg, ts, scene, f * STEP_M, image_scale, rng)
+                path = root / split / seg / "info" / f"{ts}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(info))
+                names.append(f"{ts}.json")
+            data_dict[split][seg] = names
+    (root / "data_dict_subset_A.json").write_text(json.dumps(data_dict))
+    (root / ".complete").write_text("ok\n")
+    return root
