@@ -178,3 +178,24 @@ def test_update_replaces_rows_of_the_same_key(tiny_runs: list[Path], tmp_path: P
     rows = load_table(ref / "tiny.csv")
     assert [r.scale for r in rows].count("smoke") == 2 and rows[0].source == "paper"
     assert "single run" in rows[-1].source
+
+
+def test_update_keeps_the_configuration_a_fitting_row_pins(tiny_runs: list[Path],
+                                                           tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    _table(ref, "smoke,train,classes=3,cpu,x,fp32,fp32,eager,1,accuracy,0.9,0.5,abs,higher,old\n",
+           "tiny.csv")
+    assert main(["check", str(tiny_runs[0]), "--update", "--reference-dir", str(ref)]) == 0
+    rows = load_table(ref / "tiny.csv")
+    new = [r for r in rows if r.source.startswith("measured")]
+    assert {r.config for r in new} == {"classes=3"} and {r.kind for r in new} == {"train"}
+    assert {r.weights_dtype for r in new} == {"fp32"}
+    # A run with an override no row states gets its own rows, keyed by that override.
+    rec = json.loads(tiny_runs[0].read_text())
+    rec["config"]["run"]["overrides"] = ["features=4"]
+    rec["config"]["workload"]["features"] = 4
+    write_json_atomic(tmp_path / "f4" / "record.json", rec)
+    assert main(["check", str(tmp_path / "f4"), "--update", "--reference-dir", str(ref)]) == 0
+    configs = {r.config for r in load_table(ref / "tiny.csv")}
+    assert "features=4" in configs and "classes=3" in configs
