@@ -11,6 +11,8 @@ The metric is nuScenes detection (mAP, NDS and the five TP errors) via nuscenes-
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ class BEVDepthWorkload(Workload):
         # The config fields the user gave explicitly (--set): the data may not override them.
         self.user_set = frozenset(user_set)
         self._val_infos: list[dict] | None = None
+        self._ground_truth: dict[str, str] = {}
 
     @classmethod
     def presets(cls) -> dict[str, BEVDepthConfig]:
@@ -104,6 +107,8 @@ class BEVDepthWorkload(Workload):
             c, self.user_set, infos["train"] + infos["val"], root, root / "nuscenes_infos_train.pkl")
         params = self.data_params()
         self._val_infos = infos["val"]
+        self._ground_truth = {"dataroot": str(Path(root).resolve()), "version": version,
+                              "eval_set": "mini_val" if version == "v1.0-mini" else "val"}
         data = Datasets(train=NuScenesDetDataset(infos["train"], root, params, train=True),
                         val=NuScenesDetDataset(infos["val"], root, params, train=False),
                         collate=collate_nuscenes, source=source)
@@ -167,6 +172,22 @@ class BEVDepthWorkload(Workload):
         if self._val_infos is None:
             raise UsageError("bevdepth: evaluate() needs datasets() to have loaded the val split")
         return evaluate_detections(predictions, self._val_infos, class_names=CLASSES)
+
+    def write_predictions(self, predictions: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """The nuScenes detection submission JSON ({"meta", "results": {sample_token: [box
+        records in the global frame, with attributes]}}) that the devkit's DetectionEval
+        reads; built from the same records as evaluate(), so both see identical boxes."""
+        from workloads.bevdepth.metric import to_nuscenes_submission
+
+        if self._val_infos is None:
+            raise UsageError("bevdepth: write_predictions() needs datasets() to have loaded the val split")
+        submission = to_nuscenes_submission(predictions, self._val_infos, class_names=CLASSES)
+        path = Path(out_dir) / "results_nusc.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(submission), encoding="utf-8")
+        os.replace(tmp, path)
+        return {"format": "nuscenes-detection", "path": str(path.resolve()), "split": "val",
+                "ground_truth": dict(self._ground_truth)}
 
     def samples(self, batch: dict[str, Any]) -> int:
         return int(batch["imgs"].shape[0])

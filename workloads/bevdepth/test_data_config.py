@@ -2,6 +2,7 @@
 range come from the data (BEVDepth's rule); explicit contradicting values are errors."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,19 @@ def test_training_samples_at_1600x900(root_1600: Path, tmp_path: Path) -> None:
     assert 0.0965 <= float(item["ida_mats"][0, 0, 0].abs().hypot(item["ida_mats"][0, 0, 1])) <= 0.1375
 
 
-def test_bevdepth_runs_on_1600x900_images_without_set(harness_run: Any, root_1600: Path) -> None:
-    record = harness_run("bevdepth", data=root_1600, steps=10, warmup_steps=2, checkpoint=False)
+def test_bevdepth_runs_on_1600x900_images_without_set(harness_run: Any, root_1600: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    record = harness_run("bevdepth", data=root_1600, steps=10, warmup_steps=2, checkpoint=False, out=out)
     assert record["status"] == "ok", record.get("error")
     assert {"mAP", "NDS"} <= set(record["metrics"])
+    if "predictions" in record:  # the harness side of the predictions contract
+        from workloads.bevdepth.test_metric import devkit_metrics
+
+        pred = dict(record["predictions"], path=str(out / record["predictions"]["path"]))
+        assert pred["format"] == "nuscenes-detection"
+        results = json.loads(Path(pred["path"]).read_text())["results"]
+        if any(results.values()):
+            for key, value in devkit_metrics(pred, tmp_path).items():
+                assert abs(record["metrics"][key] - value) < 1e-6, key
+        else:  # the devkit refuses a submission without boxes; nothing found scores 0
+            assert record["metrics"]["mAP"] == 0.0 and record["metrics"]["NDS"] == 0.0

@@ -138,3 +138,43 @@ def test_hand_made_known_answer_and_filters():
         evaluate_detections([dict(pred, sample_token="other")], [info], class_names=CLASSES)
     with pytest.raises(UsageError, match="size <= 0"):  # the devkit would assert mid-accumulate
         evaluate_detections([dict(pred, boxes=boxes * [1, 1, 1, -1, 1, 1, 1, 1, 1])], [info], class_names=CLASSES)
+
+
+def devkit_metrics(info: dict, tmp_path) -> dict:
+    """nuscenes-devkit's DetectionEval on a written predictions file (record["predictions"])."""
+    from pathlib import Path
+
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    gt = info["ground_truth"]
+    nusc = NuScenes(gt["version"], gt["dataroot"], verbose=False)
+    ev = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(Path(info["path"])),
+                       eval_set=gt["eval_set"], output_dir=str(tmp_path / "devkit-eval"), verbose=False)
+    m, _ = ev.evaluate()
+    out = {"mAP": m.mean_ap, "NDS": m.nd_score}
+    out.update({key: m.tp_errors[name] for name, key in (
+        ("trans_err", "mATE"), ("scale_err", "mASE"), ("orient_err", "mAOE"), ("vel_err", "mAVE"),
+        ("attr_err", "mAAE"))})
+    return out
+
+
+def test_written_submission_rescores_to_the_workload_metrics(val, tmp_path):
+    from workloads.bevdepth import BEVDepthWorkload
+
+    root, _, gt = val
+    wl = BEVDepthWorkload(BEVDepthWorkload.presets()["smoke"])
+    wl.datasets(root, tmp_path)
+    preds = _noisy(gt, seed=1)
+    ours = wl.evaluate(preds)
+    info = wl.write_predictions(preds, tmp_path)
+    assert info["format"] == "nuscenes-detection" and info["split"] == "val"
+    assert info["ground_truth"] == {"dataroot": str(root.resolve()), "version": "v1.0-mini",
+                                    "eval_set": "mini_val"}
+    written = json.loads(open(info["path"]).read())
+    assert set(written) == {"meta", "results"} and written["meta"]["use_camera"] is True
+    theirs = devkit_metrics(info, tmp_path)
+    assert 0.1 < ours["NDS"] < 0.9  # a non-trivial case
+    for key, value in theirs.items():
+        assert abs(ours[key] - value) < 1e-6, key
