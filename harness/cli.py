@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from harness.errors import EXIT_FAILED, EXIT_OK, HarnessError, UsageError
+from harness.launch import add_launch_arguments, wants_launcher
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +58,7 @@ def _add_run(sub: Any, with_plugins: bool = False) -> None:
                    help="run on a CPU-emulated device (portability dry run; speed not meaningful)")
     p.add_argument("--deepspeed", nargs="?", const="", metavar="CONFIG.json",
                    help="train through DeepSpeed (config built from the options if none given)")
-    p.add_argument("--nproc", type=int, default=1, help="processes (torch.distributed.run)")
+    add_launch_arguments(p)  # --nproc, --nnodes, --node-rank, --rdzv-endpoint, --rdzv-id
     p.add_argument("--no-eval", dest="eval", action="store_false",
                    help="skip the final evaluation (no accuracy metrics in the record)")
     p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
@@ -126,30 +126,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _relaunch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    import subprocess
+    """torchrun with this command line; signals forwarded, no worker left behind."""
+    from harness.launch import relaunch
 
-    rest = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={args.nproc}", "-m", "harness.cli", *rest]
-    return subprocess.call(cmd)
+    return relaunch(args, argv)
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from harness.config import RunConfig
     from harness.runner import execute
 
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if wants_launcher(args):
         return _relaunch_distributed(args, argv)
     if args.grad_accum < 1:
         raise UsageError("--grad-accum must be >= 1")

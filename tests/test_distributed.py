@@ -6,7 +6,10 @@ few and short (tens of seconds each on 2 shared cores).
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,106 @@ def test_eval_interval_under_ddp_ends_ok(tmp_path: Path) -> None:
     assert record["status"] == "ok", record["error"]
     assert [e["step"] for e in record["evals"]] == [3, 6, 9]
     assert record["metrics"]["accuracy"] > 0.8
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("node_rank", [
+    pytest.param(False, id="c10d"), pytest.param(True, id="static", marks=pytest.mark.slow)])
+def test_two_nodes_on_one_machine_write_one_record_counting_both(tmp_path: Path,
+                                                                  node_rank: bool) -> None:
+    out, endpoint = tmp_path / "shared", f"127.0.0.1:{_free_port()}"
+    nodes = []
+    for rank in (0, 1):
+        extra = ["--node-rank", str(rank)] if node_rank else ["--rdzv-id", "two-nodes-test"]
+        nodes.append(subprocess.Popen(
+            harness_cmd("run", "tiny", "--nnodes", "2", "--nproc", "1", "--rdzv-endpoint",
+                        endpoint, *extra, "--steps", "10", "--out", str(out)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert sorted(f.name for f in out.glob("record*.json")) == ["record.json", "record.rank1.json"]
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "ok" and record["strategy"] == "ddp" and record["world_size"] == 2
+    tp = record["throughput"]
+    per_rank = tp["timed_steps"] * record["config"]["workload"]["batch_size"]
+    assert tp["samples_per_s"] == pytest.approx(2 * per_rank / tp["window_s"], rel=1e-6)
+
+
+def _processes_mentioning(marker: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("sig", [
+    pytest.param(signal.SIGTERM, id="SIGTERM"),
+    pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow)])
+def test_signal_to_the_nproc_parent_ends_the_whole_tree_with_interrupted_records(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "signalled"
+    parent = subprocess.Popen(
+        harness_cmd("run", "tiny", "--nproc", "2", "--steps", "1000000", "--log-interval", "20",
+                    "--out", str(out)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert parent.stdout is not None
+    logged = 0
+    for line in parent.stdout:
+        logged += line.startswith("Epoch")
+        if logged == 2:
+            break
+    assert logged == 2, "the run never got going"
+    assert len(_processes_mentioning(str(out))) >= 4  # parent, launcher, two workers
+    parent.send_signal(sig)  # only the parent, as a CI runner cancelling the job does
+    parent.communicate(timeout=120)
+    assert parent.returncode != 0
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(str(out)) == [], "processes of the run outlived its parent"
+    for name in ("record.json", "record.rank1.json"):
+        record = json.loads((out / name).read_text())
+        assert record["status"] == "interrupted", (name, record["error"])
+
+
+def test_launcher_command_for_each_topology(tmp_path: Path) -> None:
+    import argparse
+
+    from harness.errors import UsageError
+    from harness.launch import add_launch_arguments, strip_launch_options, torchrun_command
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    add_launch_arguments(parser)
+
+    def cmd(*argv: str) -> list[str]:
+        return torchrun_command(parser.parse_args(argv), ["run", "tiny"])
+
+    single = cmd("--nproc", "4")
+    assert "--standalone" in single and "--nproc-per-node=4" in single
+    c10d = cmd("--nnodes", "2", "--rdzv-endpoint", "node0:29400", "--rdzv-id", "42", "--out", "o")
+    assert "--standalone" not in c10d
+    assert {"--nnodes=2", "--rdzv-endpoint=node0:29400", "--rdzv-backend=c10d",
+            "--rdzv-id=42"} <= set(c10d)
+    static = cmd("--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "node0:29500",
+                 "--out", "o")
+    assert {"--rdzv-backend=static", "--node-rank=1"} <= set(static)
+    assert single[-3:] == ["harness.cli", "run", "tiny"]
+    for bad in (["--nnodes", "2", "--out", "o"],  # no endpoint
+                ["--nnodes", "2", "--rdzv-endpoint", "node0", "--out", "o"],  # no port
+                ["--nnodes", "2", "--rdzv-endpoint", "node0:1"],  # no shared --out
+                ["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "n:1", "--out", "o"]):
+        with pytest.raises(UsageError):
+            cmd(*bad)
+    assert strip_launch_options(["run", "tiny", "--nproc", "2", "--nnodes=2", "--rdzv-endpoint",
+                                 "h:1", "--rdzv-id", "x", "--node-rank", "0", "--steps", "3"]
+                                ) == ["run", "tiny", "--steps", "3"]
