@@ -31,7 +31,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, warmup_batches=args.warmup_batches, seed=args.seed,
         overrides=tuple(args.overrides), out=args.out, cache_dir=args.cache_dir,
         num_workers=args.num_workers, emulate=args.emulate, onnx=args.onnx, opset=args.opset,
-        agreement_batches=args.agreement_batches)
+        agreement_batches=args.agreement_batches, profile=args.profile,
+        profile_steps=args.profile_steps)
     record = run_eval(cfg)
     tp = record.get("throughput") or {}
     parts = [f"status {record['status']}"]
@@ -68,6 +69,10 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="eval folder (default runs/eval-<workload>-...)")
     p.add_argument("--emulate", action="store_true",
                    help="run on a CPU-emulated device (portability dry run)")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler trace of the first timed batches (<out>/"
+                        "profile_trace.json) and a per-component time table in the record")
+    p.add_argument("--profile-steps", type=int, default=3, help="batches to profile")
     g = p.add_argument_group("inference-only backends (onnxruntime)")
     g.add_argument("--onnx", type=Path, help="run this exported graph (default: export one "
                                               "from the checkpoint into the eval folder)")

@@ -50,6 +50,8 @@ class EvalConfig:
     onnx: Path | None = None  # inference-only backends: this graph instead of exporting one
     opset: int | None = None
     agreement_batches: int = 0  # inference-only backends: batches compared with PyTorch; 0 = all
+    profile: bool = False  # torch.profiler trace + per-component table of the timed batches
+    profile_steps: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -268,7 +270,17 @@ def _evaluate(cfg: EvalConfig, workload: Workload, backend: Any, ckpt: Checkpoin
     print(f"[harness] eval {cfg.workload} ({record['scale']}) on {backend.name}/{backend.mode}/"
           f"{cfg.precision}{' (emulated)' if backend.emulated else ''}: {len(loader)} batches of "
           f"{batch_size}, {warmup} warmup; out {out_dir}", flush=True)
-    result = run_inference(workload, model, loader, backend, cfg.precision, warmup, batch_size)
+    profiler = None
+    if cfg.profile:
+        from harness.profiling import StepProfiler
+
+        profiler = StepProfiler(backend, out_dir, cfg.profile_steps)
+    result = run_inference(workload, model, loader, backend, cfg.precision, warmup, batch_size,
+                           profiler)
+    if profiler is not None and profiler.result is not None:
+        record["profile"] = {**profiler.result, "note": "profiled batches are inside the timed "
+                                                        "window: latency includes the overhead"}
+        print(profiler.console(), flush=True)
     record["memory"] = _memory(backend)  # the timed window's peak, before the extra passes
     throughput = result.throughput
     if backend.emulated:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from harness.api import Backend, Workload
+from harness.profiling import StepProfiler
 from harness.timing import percentile
 from harness.training import to_device
 
@@ -54,7 +55,9 @@ class InferenceResult:
 
 
 def run_inference(workload: Workload, model: Any, batches: Iterable[Any], backend: Backend,
-                  precision: str, warmup: int, batch_size: int) -> InferenceResult:
+                  precision: str, warmup: int, batch_size: int,
+                  profiler: StepProfiler | None = None) -> InferenceResult:
+    """`profiler`: started with the timed window, stepped after each timed batch."""
     device = backend.device if backend.device is not None else torch.device("cpu")
     split = splits_forward(workload)
     predictions: list[Any] = []
@@ -70,29 +73,36 @@ def run_inference(workload: Workload, model: Any, batches: Iterable[Any], backen
     with torch.no_grad():
         while True:
             t_data = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
-            samples = workload.samples(batch)
-            batch = to_device(batch, device)
+            with backend.trace("eval_data"):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                samples = workload.samples(batch)
+                batch = to_device(batch, device)
             if index == warmup:
                 backend.synchronize()
                 backend.reset_peak_memory()
                 window_start = time.perf_counter()
+                if profiler is not None:
+                    profiler.start()
             t0 = time.perf_counter()
-            with backend.trace("eval_forward"), backend.autocast(precision):
+            with backend.autocast(precision):
                 if split:
-                    outputs = workload.forward_for_eval(model, batch)  # type: ignore[attr-defined]
-                    backend.synchronize()
+                    with backend.trace("eval_forward"):
+                        outputs = workload.forward_for_eval(model, batch)  # type: ignore[attr-defined]
+                        backend.synchronize()
                     t1 = time.perf_counter()
                     with backend.trace("eval_postprocess"):
                         preds = workload.postprocess(model, outputs, batch)  # type: ignore[attr-defined]
                 else:
-                    preds = workload.predict(model, batch)
+                    with backend.trace("eval_predict"):
+                        preds = workload.predict(model, batch)
                     t1 = None
             backend.synchronize()
             t2 = time.perf_counter()
+            if profiler is not None and profiler.active:
+                profiler.step()
             predictions.extend(preds)
             if window_start is not None:
                 timed_samples += samples
@@ -104,6 +114,8 @@ def run_inference(workload: Workload, model: Any, batches: Iterable[Any], backen
             index += 1
     backend.synchronize()
     end = time.perf_counter()
+    if profiler is not None:
+        profiler.stop()  # fewer timed batches than profiled steps: keep what was recorded
     window = end - window_start if window_start is not None else None
     throughput: dict[str, Any] = {
         "samples_per_s": timed_samples / window if window else None,

@@ -26,6 +26,7 @@ ENTRY_POINT_GROUP = "harness"
 # Built-in plugins, by module name. Each module holds its own @hookimpl functions.
 BUILTINS: tuple[str, ...] = (
     "harness.console",
+    "harness.profiling",
     "backends.cpu",
     "backends.cuda",
     "backends.npu",
