@@ -4,7 +4,8 @@ Report verbs must run where a plugin is broken or torch is absent, so a metric's
 comes from, in order: the record itself (`metric_directions`, the workload's declaration,
 when the runner wrote it), the workload's reference table (every row states a direction),
 then naming rules for the metric families the workloads emit (COCO AP/AR at every IoU,
-size and detection count; nuScenes mAP/NDS and mATE..mAAE errors; F1, IoU, OLS, DET/TOP).
+size and detection count; nuScenes mAP/NDS and mATE..mAAE errors; F1, IoU, accuracy, FP/FN,
+threshold shares `_lt_x`/`_ge_x`, OLS, DET/TOP).
 A metric none of these covers has no direction: parity then says DIFFERS, never WORSE.
 """
 from __future__ import annotations
@@ -16,14 +17,17 @@ from harness.reference import MEMORY_METRIC, RefRow
 
 _RULES: tuple[tuple[str, str, str], ...] = (
     (r"^mA[TSOVA]E$", "lower", "nuScenes true-positive error"),
+    (r"(^|_)(FP|FN|false_positives?|false_negatives?)$", "lower", "false positives/negatives"),
+    (r"_lt_[\d.]+$", "lower", "share of samples below a threshold"),
+    (r"_ge_[\d.]+$", "higher", "share of samples at or above a threshold"),
     (r"(^|_)(error|err|loss|latency|time_s|time)$", "lower", "error/loss/time"),
     (r"^(fps|samples_per_s)$", "higher", "throughput"),
     (rf"^{MEMORY_METRIC}$", "lower", "memory"),
     # COCO: AP, AP50, AP75, APs/APm/APl, AR1/AR10/AR100, ARs/ARm/ARl (also AP_small spellings)
     (r"^m?AP(\d+|[sml]|_\w+)?$", "higher", "COCO/nuScenes average precision"),
     (r"^m?AR(\d+|[sml]|_\w+)?$", "higher", "COCO average recall"),
-    (r"^(NDS|OLS|mIoU|IoU|F1|accuracy|acc|recall|precision)$", "higher", "score"),
-    (r"(^|_)(F1|IoU|mIoU|accuracy|AP|AR|recall)$", "higher", "score"),
+    (r"(?i)(^|_)(nds|ols|m?iou|f1|f_score|accuracy|acc|recall|precision|ap|ar)"
+     r"(_(mean|median))?$", "higher", "score"),
     (r"^(DET|TOP)_[a-z]+$", "higher", "OpenLane-V2 score"),
 )
 
