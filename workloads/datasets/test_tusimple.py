@@ -96,3 +96,9 @@ def test_writer_without_masks_leaves_them_to_derivation(tmp_path: Path) -> None:
     assert all(f.h_samples[-1] == 355 for f in frames)  # 710 scaled to 360 rows
     mask, source = tusimple.drivable_mask(root, frames[0], (640, 360))
     assert source == "derived" and mask.shape == (360, 640) and mask.sum() > 0
+
+
+def test_a_finished_copy_is_reused_not_rewritten(root: Path) -> None:
+    marker_time = (root / ".complete.json").stat().st_mtime_ns
+    again = write_synthetic_tusimple(root.parent, SynthSpec(train_frames=6, test_frames=3))
+    assert again == root and (root / ".complete.json").stat().st_mtime_ns == marker_time

@@ -38,7 +38,8 @@ class SynthSpec:
     with_masks: bool = True
 
     def identity(self) -> dict:
-        return {"format": "tusimple-synth/1", **dataclasses.asdict(self)}
+        # through JSON, so it compares equal to the marker read back (tuples become lists)
+        return json.loads(json.dumps({"format": "tusimple-synth/1", **dataclasses.asdict(self)}))
 
     def dirname(self) -> str:
         digest = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]

@@ -34,7 +34,7 @@ def test_untrained_lanes_scores_low(harness_run: Callable[..., dict[str, Any]], 
 
 
 def test_smoke_trains_to_gate_and_official_rescoring_agrees(
-        harness_run: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+        harness_run: Callable[..., dict[str, Any]], harness_cache: Path, tmp_path: Path) -> None:
     record = harness_run("lanes", out=tmp_path / "smoke")
     assert record["status"] == "ok", record.get("error")
     m = record["metrics"]
@@ -44,6 +44,29 @@ def test_smoke_trains_to_gate_and_official_rescoring_agrees(
     for name in LANE_METRICS:
         assert m[name] == pytest.approx(official[name], abs=1e-9), name
     assert m["run_time_ms_mean"] < 200  # the official scorer zeroes slower frames
+    _onnx_parity(tmp_path / "smoke", harness_cache, tmp_path)
+
+
+def _onnx_parity(run: Path, cache: Path, tmp_path: Path) -> None:
+    """Issue 13 item 4 for lanes: the trained model exports (fixed H x W, dynamic batch) and
+    its ONNX Runtime eval matches the PyTorch eval: metrics within 0.5 accuracy points, raw
+    head outputs within rtol 1e-3 / atol 1e-5, and the same decoded lanes."""
+    pytest.importorskip("onnxruntime")
+    from harness.evaluation import EvalConfig, run_eval
+
+    common = dict(workload="lanes", checkpoint=run / "checkpoint.pt", cache_dir=cache)
+    torch_eval = run_eval(EvalConfig(**common, out=tmp_path / "eval_torch"))
+    ort_eval = run_eval(EvalConfig(**common, backend="onnxruntime", out=tmp_path / "eval_ort"))
+    assert ort_eval["status"] == "ok", ort_eval.get("error")
+    graph_input = ort_eval["onnx"]["inputs"][0]
+    assert graph_input["shape"] == ["batch", 3, 160, 400]  # fixed crop size, dynamic batch
+    for name in ("Accuracy", "F1", "drivable_IoU_mean"):
+        assert abs(ort_eval["metrics"][name] - torch_eval["metrics"][name]) <= 0.005, name
+    agree = ort_eval["raw_output_agreement"]
+    assert [o["output"] for o in agree["outputs"]] == [
+        "out.cpts_hm", "out.kpts_hm", "out.pts_offset", "out.int_offset", "out.drivable"]
+    assert agree["within_tol"], agree["outputs"]
+    assert agree["decoded"]["fraction_differ"] <= 0.05, agree["decoded"]
 
 
 def test_trains_on_a_tusimple_root_without_masks(harness_run: Callable[..., dict[str, Any]],
