@@ -8,6 +8,8 @@ import html
 import io
 from pathlib import Path
 
+from harness.agreement_table import HEADER as AGREEMENT
+from harness.agreement_table import agreement_rows, agreement_title
 from harness.errors import UsageError
 from harness.parity import FORMATS, Parity
 
@@ -42,6 +44,9 @@ def to_markdown(p: Parity) -> str:
              "Runs: " + "; ".join(f"`{x}`" for x in _legend(p))]
     if p.warnings:
         parts += ["", *(f"> warning: {w}" for w in p.warnings)]
+    agreement = agreement_rows(p.records, p.labels)  # ONNX Runtime eval records
+    if agreement:
+        parts += ["", f"### {agreement_title(p.records)}", "", _md_table(AGREEMENT, agreement)]
     parts += ["", "### Tolerances", "",
               _md_table(["metric", "better", "tolerance", "source"], p.tolerances), ""]
     return "\n".join(parts)
@@ -75,6 +80,10 @@ def to_html(p: Parity, figure_png: Path | None = None) -> str:
     if p.warnings:
         body.append("<ul>" + "".join(f"<li>warning: {html.escape(w)}</li>" for w in p.warnings)
                     + "</ul>")
+    agreement = agreement_rows(p.records, p.labels)  # ONNX Runtime eval records
+    if agreement:
+        body += [f"<h2>{html.escape(agreement_title(p.records))}</h2>",
+                 _html_table(AGREEMENT, agreement)]
     if figure_png is not None:
         data = base64.b64encode(Path(figure_png).read_bytes()).decode("ascii")
         body.append(f'<p><img alt="parity figure: loss curves, primary metric, throughput '

@@ -56,6 +56,12 @@ def test_export_then_onnxruntime_eval_matches_pytorch(trained: Path, tmp_path: P
     assert ort_rec["onnx"]["exported"] is False
     assert "CPUExecutionProvider" in ort_rec["env"]["ort_providers"]
     assert ort_rec["throughput"]["timed_batches"] == 1  # 3 batches, 2 warmup
+    pytest.importorskip("pandas")
+    proc = _cli("parity", str(tmp_path / "torch"), str(tmp_path / "ort"), "--no-fail")
+    assert proc.returncode == 0, proc.stderr
+    assert "| accuracy |" in proc.stdout  # metrics side by side
+    assert "Raw-output agreement: onnxruntime (CPUExecutionProvider) vs pytorch" in proc.stdout
+    assert "| ort | out | " in proc.stdout and "| yes | 0/256 (0.0%) |" in proc.stdout
 
 
 def test_onnxruntime_eval_exports_itself_and_reports_a_differing_graph(
