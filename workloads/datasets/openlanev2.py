@@ -111,12 +111,16 @@ def _photometric(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 class OpenLaneV2Dataset(torch.utils.data.Dataset):
     def __init__(self, frames: dict[tuple[str, str, str], dict[str, Any]], root: Path,
                  cameras: tuple[str, ...], input_size: tuple[int, int], pad_divisor: int,
-                 num_control: int, train: bool, photometric: bool = False) -> None:
+                 num_control: int, train: bool, photometric: bool = False,
+                 cache_images: bool = False) -> None:
         self.keys = sorted(frames)
         self.frames, self.root = frames, Path(root)
         self.cameras, self.input_size = cameras, tuple(input_size)
         self.pad_divisor, self.num_control = pad_divisor, num_control
         self.train, self.photometric = train, photometric and train
+        # (index, camera) -> (resized uint8 CHW view, source (W, H)); per worker process
+        self._cache: dict[tuple[int, str], tuple[torch.Tensor, tuple[int, int]]] | None = (
+            {} if cache_images else None)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -149,9 +153,14 @@ class OpenLaneV2Dataset(torch.utils.data.Dataset):
             meta = frame["sensor"].get(cam)
             if meta is None:
                 raise DatasetError(f"frame {key}: field 'sensor.{cam}' is missing")
-            img, (src_w, src_h) = self._load(meta["image_path"])
-            img = img.resize((w, h), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+            cached = self._cache.get((index, cam)) if self._cache is not None else None
+            if cached is None:
+                img, src = self._load(meta["image_path"])
+                img = img.resize((w, h), Image.BILINEAR)
+                cached = (torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), src)
+                if self._cache is not None:
+                    self._cache[(index, cam)] = cached
+            x, (src_w, src_h) = cached[0].float(), cached[1]
             if self.photometric:
                 x = _photometric(x, rng)
             imgs[i, :, :h, :w] = (x - MEAN) / STD

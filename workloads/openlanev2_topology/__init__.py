@@ -110,7 +110,7 @@ class OpenLaneV2Workload(Workload):
                       pad_divisor=c.pad_divisor, num_control=c.num_control_points)
         data = Datasets(
             train=OpenLaneV2Dataset(frames["train"], train=True, photometric=c.photometric_aug,
-                                    **common),
+                                    cache_images=c.cache_images, **common),
             val=OpenLaneV2Dataset(frames["val"], train=False, **common),
             collate=collate_openlanev2, source=source)
         data.from_data = from_data  # contract 1 (a Datasets field once the harness has it)

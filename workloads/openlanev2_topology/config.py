@@ -13,7 +13,7 @@ batch 2 (224770 steps on one device; on N devices pass --epochs 20).
 
 `smoke` keeps every component, narrowed: the three front cameras (ring_front_center, _left,
 _right; every synthetic centerline reaches into their view) at 96x128, ResNet-18 layout at
-base width 16, 32-channel FPN/BEV, a 20x40 BEV, 32-d heads, 30 lane / 10 TE queries, lr 1e-3
+base width 16 with one block per stage, 32-channel FPN/BEV, a 16x32 BEV (3.2 m cells), 32-d heads, 30 lane / 10 TE queries, lr 1e-3
 with 40 warmup steps, on the synthetic subset_A-layout scenes (written at a quarter of the
 real image size so the cache is quick; the resize follows each source image's size).
 
@@ -46,6 +46,7 @@ class OpenLaneV2Config:
     input_size: tuple[int, int] = (1550, 2048)  # (H, W) every view is resized to
     pad_divisor: int = 32
     photometric_aug: bool = True  # train only (BEVFormer-style PhotoMetricDistortion)
+    cache_images: bool = False  # keep decoded, resized views in memory (small datasets)
     # -- image backbone and neck --
     backbone_depth: int = 18
     backbone_base_channels: int = 64
@@ -107,7 +108,8 @@ class OpenLaneV2Config:
     @classmethod
     def smoke(cls) -> OpenLaneV2Config:
         return cls(num_cameras=3, input_size=(96, 128), backbone_base_channels=16,
-                   fpn_channels=32, bev_size=(20, 40), embed_dims=32, num_heads=4, ffn_channels=128,
+                   backbone_stage_blocks=(1, 1, 1, 1), fpn_channels=32, bev_size=(16, 32),
+                   cache_images=True, embed_dims=32, num_heads=4, ffn_channels=128,
                    num_lane_queries=30, num_te_queries=10, max_lanes=30, topology_hidden=64,
-                   lr=1e-3, warmup_iters=40, steps=500, batch_size=2, eval_batch_size=4,
+                   lr=1e-3, warmup_iters=40, steps=800, batch_size=2, eval_batch_size=4,
                    num_workers=0, synthetic_image_scale=0.25)
