@@ -136,3 +136,15 @@ def test_config_column_is_validated_and_canonical(tmp_path: Path) -> None:
 
     with pytest.raises(UsageError, match=r"line 2, column 'config': 'image_size' is not key=value"):
         load_table(tmp_path / "w.csv")
+
+
+def test_yolov3_smoke_rows_judge_only_the_synthetic_four_class_data() -> None:
+    rows = [r for r in load_table(REF / "yolov3.csv") if r.scale == "smoke"]
+    rec = {"workload": "yolov3", "scale": "smoke", "backend": "cpu", "precision": "fp32",
+           "mode": "eager", "world_size": 1, "status": "ok", "emulated": False,
+           "env": {"device_name": "x86_64"}, "metrics": {r.metric: r.value for r in rows},
+           "config": {"run": {"overrides": []}, "workload": {"num_classes": 4}}}
+    assert check_record(rec, REF).passed
+    rec["config"]["workload"]["num_classes"] = 80  # the same preset on real COCO
+    res = check_record(rec, REF)
+    assert not res.passed and "num_classes (row 4, record 80)" in res.summary
