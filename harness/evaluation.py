@@ -26,7 +26,12 @@ from harness.config import WORKLOAD_RUN_FIELDS, RunConfig, apply_overrides, conf
 from harness.errors import HarnessError, RunInterrupted, UsageError
 from harness.inference import raw_output_agreement, run_inference
 from harness.records import SCHEMA, environment, write_json_atomic
-from harness.runner import DEFAULT_CACHE, check_requirements, prepare_backend
+from harness.runner import (
+    DEFAULT_CACHE,
+    check_requirements,
+    instantiate_workload,
+    prepare_backend,
+)
 from harness.safe_load import Checkpoint, load_checkpoint, load_weights
 
 
@@ -115,17 +120,6 @@ def choose_scale(workload_cls: type[Workload], cfg: EvalConfig, ckpt: Checkpoint
     return min(presets, key=lambda s: counts[s])  # ties: the first (smoke) preset
 
 
-def _instantiate(workload_cls: type[Workload], wcfg: Any, user_set: frozenset[str]) -> Workload:
-    import inspect
-
-    params = inspect.signature(workload_cls.__init__).parameters
-    if "user_set" in params:
-        return workload_cls(wcfg, user_set=user_set)  # type: ignore[call-arg]
-    workload = workload_cls(wcfg)
-    workload.user_set = user_set  # type: ignore[attr-defined]
-    return workload
-
-
 def default_out_dir(cfg: EvalConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"eval-{cfg.workload}-{cfg.backend}-{cfg.precision}-{stamp}"
@@ -178,7 +172,8 @@ def prepare_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, Any, str]:
         raise UsageError(f"{cfg.checkpoint} holds a '{ckpt.workload}' model, not "
                          f"'{cfg.workload}' (mismatching key: workload)")
     scale = choose_scale(workload_cls, cfg, ckpt)
-    workload = _instantiate(workload_cls, _build_config(workload_cls, scale, cfg), cfg.user_set())
+    workload = instantiate_workload(workload_cls, _build_config(workload_cls, scale, cfg),
+                                    cfg.user_set())
     data = workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
     if ckpt.workload_config is not None:
         bad = config_mismatches(config_to_dict(workload.config), ckpt.workload_config,
