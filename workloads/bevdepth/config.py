@@ -8,7 +8,9 @@ context channels, a 128x128 BEV at 0.8 m, a ResNet-18-style BEV trunk (base 160,
 linear-scaled lr (2e-4 per 64 frames), weight decay 1e-7, MultiStepLR x0.1 at epochs 19 and
 23 of 24, grad clip 5, depth loss weight 3.0. Single key frame (the batch format has no
 sweeps), so the BEV has 80 channels, as in the 1-key experiments. The backbone starts from
-random weights (the original loads torchvision's ImageNet R50, which is not fetched here).
+random weights unless `backbone_weights` names a local torchvision-layout file (the
+original loads torchvision's ImageNet R50, which is not fetched here); the stem is frozen
+(frozen_stages=0) only then.
 
 `smoke` keeps every component but shrinks widths and resolution so a run trains on two CPU
 cores in minutes on the synthetic nuScenes (10 mini scenes x 20 samples, 400x225 JPEGs):
@@ -58,8 +60,13 @@ class BEVDepthConfig:
     backbone_depth: int = 50
     backbone_base_channels: int = 64
     backbone_stage_blocks: tuple[int, ...] = ()  # () = the depth's standard table
-    backbone_frozen_stages: int = 0  # mmdet semantics: 0 freezes the stem
-    backbone_norm_eval: bool = False
+    # A local pretrained ResNet state dict (torchvision layout, or mmdet's with `backbone.`);
+    # "" = random init. Nothing is downloaded.
+    backbone_weights: str = ""
+    # mmdet semantics (0 freezes the stem), as the original with its pretrained R50. Applied
+    # only when backbone_weights is given: a randomly initialised stem is never frozen.
+    backbone_frozen_stages: int = 0
+    backbone_norm_eval: bool = False  # likewise only with backbone_weights
     neck_channels: int = 128  # per level; 4 levels concatenated
     # -- DepthNet --
     depth_mid_channels: int = 512

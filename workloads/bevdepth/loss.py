@@ -1,9 +1,10 @@
 """BEVDepth losses: CenterPoint detection terms and the lidar depth supervision.
 
 - loss_heatmap: Gaussian focal loss on clip_sigmoid(heatmap) per task, divided by the
-  number of peak cells (clamped to >= 1), summed over tasks.
+  number of peak cells (mean over ranks, clamped to >= 1), summed over tasks.
 - loss_bbox: L1 on [reg, height, dim, rot, vel] at the GT cells, weighted by code_weights,
-  divided by the number of objects of the task, x 0.25, summed over tasks.
+  divided by the number of objects of the task (mean over ranks, clamped to >= 1e-4),
+  x 0.25, summed over tasks.
 - loss_depth: BEVDepth's get_depth_loss: the lidar depth image is downsampled to the
   feature grid by the minimum non-zero depth of each stride x stride patch, binned as
   (d - (d_min - step)) / step truncated (bin 0 and bins past D+1 mean "no label"), one-hot;
@@ -19,18 +20,30 @@ from workloads.bevdepth.head import Targets, gather_box_preds
 from workloads.layers.gaussian import clip_sigmoid, gaussian_focal_loss, weighted_l1_loss
 
 
+def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
+    """mmdet's reduce_mean: the mean of a scalar over the data-parallel ranks (BEVDepth
+    normalises the heatmap and box losses by the GLOBAL mean count, so a rank with few
+    objects does not weigh them up). Identity in a single process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
+
+
 def detection_losses(preds: list[dict[str, torch.Tensor]], targets: Targets,
                      cfg: BEVDepthConfig) -> dict[str, torch.Tensor]:
     loss_heatmap = preds[0]["heatmap"].new_zeros(())
     loss_bbox = preds[0]["heatmap"].new_zeros(())
     for t, pred in enumerate(preds):
         heat_target = targets.heatmaps[t]
-        num_pos = heat_target.eq(1).float().sum().clamp(min=1)
+        num_pos = mean_across_ranks(heat_target.eq(1).float().sum()).clamp(min=1)
         loss_heatmap = loss_heatmap + gaussian_focal_loss(
             clip_sigmoid(pred["heatmap"].float()), heat_target, num_pos)
         box_pred = gather_box_preds({k: v.float() for k, v in pred.items()},
                                     targets.batch_idx, targets.ind)
-        num = targets.num_objs[t].clamp(min=1e-4)
+        num = mean_across_ranks(targets.num_objs[t].float()).clamp(min=1e-4)
         loss_bbox = loss_bbox + cfg.bbox_loss_weight * weighted_l1_loss(
             box_pred, targets.boxes, targets.weights[t], num)
     return {"loss_heatmap": loss_heatmap, "loss_bbox": loss_bbox}

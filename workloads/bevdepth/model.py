@@ -21,6 +21,7 @@ from workloads.bevdepth.matrixvt import MatrixVTViewTransform
 from workloads.bevdepth.view_transform import LSSViewTransform
 from workloads.layers.deform_conv import DeformConv2dPack
 from workloads.layers.fpn import SECONDFPN
+from workloads.layers.pretrained import load_backbone_weights
 from workloads.layers.resnet import BasicBlock, ResNet
 
 
@@ -126,10 +127,16 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, cfg: BEVDepthConfig) -> None:
         super().__init__()
+        pretrained = bool(cfg.backbone_weights)
+        # The original freezes the stem of a pretrained R50; freezing a random one (and its
+        # BatchNorm statistics) for the whole run would only cripple it.
         self.backbone = ResNet(
             depth=cfg.backbone_depth, base_channels=cfg.backbone_base_channels,
             stage_blocks=cfg.backbone_stage_blocks or None,
-            frozen_stages=cfg.backbone_frozen_stages, norm_eval=cfg.backbone_norm_eval)
+            frozen_stages=cfg.backbone_frozen_stages if pretrained else -1,
+            norm_eval=cfg.backbone_norm_eval and pretrained)
+        if pretrained:
+            load_backbone_weights(self.backbone, cfg.backbone_weights)
         level_strides = [4 * 2**i for i in range(4)]
         self.neck = SECONDFPN(self.backbone.out_channels, [cfg.neck_channels] * 4,
                               [s / cfg.downsample_factor for s in level_strides])

@@ -1,0 +1,58 @@
+"""BEVDepth fidelity fixes: nothing frozen at random init, local backbone weights, loss
+normalisers averaged across ranks."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from workloads.bevdepth.config import BEVDepthConfig
+from workloads.bevdepth.loss import mean_across_ranks
+from workloads.bevdepth.model import ImageEncoder
+
+
+def _small(**kw: object) -> BEVDepthConfig:
+    # smoke widths with the full preset's freezing (frozen_stages=0)
+    return dataclasses.replace(BEVDepthConfig.smoke(), backbone_frozen_stages=0, **kw)
+
+
+def test_random_init_freezes_nothing() -> None:
+    assert BEVDepthConfig.full().backbone_frozen_stages == 0
+    enc = ImageEncoder(_small()).train()
+    assert all(p.requires_grad for p in enc.backbone.parameters())
+    assert enc.backbone.bn1.training
+
+
+def test_loaded_weights_freeze_the_stem_as_the_original(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = ImageEncoder(_small()).backbone
+    for p in source.parameters():
+        p.data.normal_()
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    enc = ImageEncoder(_small(backbone_weights=str(tmp_path / "r18.pth"))).train()
+    assert torch.equal(enc.backbone.conv1.weight, source.conv1.weight)
+    assert not enc.backbone.conv1.weight.requires_grad and not enc.backbone.bn1.training
+    assert all(p.requires_grad for p in enc.backbone.stages.parameters())
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        value = mean_across_ranks(torch.tensor(float(1 + 5 * rank)))  # 1 and 6
+        torch.save(value, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_normalisers_are_the_mean_over_ranks(tmp_path: Path) -> None:
+    assert mean_across_ranks(torch.tensor(3.0)).item() == 3.0  # single process: identity
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, str(tmp_path / "v")), nprocs=2)
+    assert [torch.load(tmp_path / f"v.{r}").item() for r in (0, 1)] == [3.5, 3.5]
