@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -100,8 +100,12 @@ class CocoDetection(torch.utils.data.Dataset):
     """One split. Items: dict(image uint8 (3,S,S), boxes (n,4) xyxy in input pixels,
     labels (n,) contiguous, meta{image_id, orig_size (w,h), scale (sx,sy), file})."""
 
-    def __init__(self, root: Path, split: str, input_size: int, flip_prob: float = 0.0) -> None:
+    def __init__(self, root: Path, split: str, input_size: int, flip_prob: float = 0.0,
+                 transform: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> None:
+        """`transform(rng, image HWC, boxes, labels) -> (image CHW float, boxes, labels)`
+        replaces flip + letterbox (a training pipeline such as mmdet's YOLOv3 one)."""
         self.root, self.split, self.input_size, self.flip_prob = Path(root), split, input_size, flip_prob
+        self.transform = transform
         self.ann_path = annotation_file(self.root, split)
         self.instances = load_instances(self.ann_path)
         cats = sorted(self.instances["categories"], key=lambda c: c["id"])
@@ -143,6 +147,13 @@ class CocoDetection(torch.utils.data.Dataset):
         objs = self.targets[info["id"]]
         boxes = torch.tensor([b for b, _ in objs], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([lb for _, lb in objs], dtype=torch.long)
+        if self.transform is not None:
+            # Drawn from torch's RNG: seeded by the harness, distinct per DataLoader worker.
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            arr, bxs, lbs = self.transform(rng, np.asarray(img), boxes.numpy(), labels.numpy())
+            meta = {"image_id": info["id"], "orig_size": (w, h), "scale": (1.0, 1.0), "file": info["file_name"]}
+            return {"image": torch.from_numpy(arr), "boxes": torch.from_numpy(bxs).reshape(-1, 4),
+                    "labels": torch.from_numpy(np.asarray(lbs, dtype=np.int64)), "meta": meta}
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
             boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
@@ -153,9 +164,14 @@ class CocoDetection(torch.utils.data.Dataset):
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images; keep per-image boxes/labels as lists (ragged) and meta as plain dicts."""
+    """Stack images (padded right/bottom with 0 to the largest when sizes differ, as mmdet's
+    collate); keep per-image boxes/labels as lists (ragged) and meta as plain dicts."""
+    images = [s["image"] for s in samples]
+    if len({tuple(i.shape) for i in images}) > 1:
+        h, w = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
+        images = [torch.nn.functional.pad(i, (0, w - i.shape[2], 0, h - i.shape[1])) for i in images]
     return {
-        "images": torch.stack([s["image"] for s in samples]),
+        "images": torch.stack(images),
         "boxes": [s["boxes"] for s in samples],
         "labels": [s["labels"] for s in samples],
         "meta": [s["meta"] for s in samples],

@@ -7,6 +7,7 @@ alone. The metric is COCO bbox AP through pycocotools against the val instances 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,11 +19,13 @@ from torch import nn
 
 from harness import DatasetError, Datasets, UsageError, Workload, hookimpl
 from workloads.datasets.coco import CocoDetection, SyntheticSpec, collate, write_synthetic_coco
+from workloads.layers.pretrained import load_backbone_weights
 from workloads.yolov3.config import YOLOv3Config
 from workloads.yolov3.loss import yolov3_loss
 from workloads.yolov3.metric import coco_bbox_metrics, to_coco_results
 from workloads.yolov3.model import YOLOv3
 from workloads.yolov3.postprocess import InferConfig, postprocess
+from workloads.yolov3.transforms import PipelineParams, mmdet_train_pipeline
 
 
 def _core(model: nn.Module) -> YOLOv3:
@@ -72,7 +75,11 @@ class YOLOv3Workload(Workload):
             source = f"synthetic:{root}"
         else:
             root, source = Path(data_root), str(data_root)
-        train = CocoDetection(root, "train", c.input_size, flip_prob=c.flip_prob)
+        transform = None
+        if c.train_pipeline == "mmdet":
+            params = PipelineParams(scale_range=c.train_scale_range, flip_prob=c.flip_prob)
+            transform = functools.partial(mmdet_train_pipeline, p=params)
+        train = CocoDetection(root, "train", c.input_size, flip_prob=c.flip_prob, transform=transform)
         val = CocoDetection(root, "val", c.input_size)
         if train.cat_ids != val.cat_ids:
             raise DatasetError(f"{val.ann_path}: categories differ from those of {train.ann_path}")
@@ -106,7 +113,10 @@ class YOLOv3Workload(Workload):
 
     def build_model(self) -> nn.Module:
         c = self.config
-        return YOLOv3(c.num_classes, c.input_size, c.width, c.depths, c.scale_anchors)
+        model = YOLOv3(c.num_classes, c.input_size, c.width, c.depths, c.scale_anchors)
+        if c.backbone_weights:
+            load_backbone_weights(model.backbone, c.backbone_weights)
+        return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config

@@ -19,8 +19,16 @@ class YOLOv3Config:
     width: float = 1.0  # channel multiplier of Darknet, neck and head
     depths: tuple[int, ...] = (1, 2, 8, 8, 4)  # residual blocks per Darknet stage
     scale_anchors: bool = False  # scale the 416-px COCO anchors by input_size / 416
+    # A local pretrained Darknet state dict (mmdet's darknet53 layout or this project's);
+    # "" = random init. Nothing is downloaded.
+    backbone_weights: str = ""
     # -- data --
     flip_prob: float = 0.5
+    # "mmdet": yolov3_d53_mstrain-608's training pipeline (Expand, MinIoURandomCrop,
+    # multi-scale keep-ratio resize over train_scale_range, flip, PhotoMetricDistortion,
+    # /255, pad to 32; yolov3/transforms.py); "letterbox": flip + square letterbox only.
+    train_pipeline: Literal["mmdet", "letterbox"] = "mmdet"
+    train_scale_range: tuple[int, int] = (320, 608)
     synth_train_images: int = 320  # synthetic data (used when no --data is given)
     synth_val_images: int = 100
     synth_min_side: int = 96
@@ -59,8 +67,10 @@ class YOLOv3Config:
         """mmdet's published yolov3_d53 COCO configuration: Darknet-53, 80 classes,
         8 images per device, SGD lr 1e-3 (momentum 0.9, wd 5e-4), linear warmup over
         2000 iterations from 0.1x, x0.1 at epochs 218 and 246 of 273, grad clip 35.
-        Input 416 by default (mmdet trains multi-scale 320-608 and tests at 608; pick
-        320/416/608 with --set input_size=). mmdet starts from an ImageNet-pretrained
+        Training pipeline as mmdet's (train_pipeline="mmdet": Expand, MinIoURandomCrop,
+        multi-scale 320-608 keep-ratio resize, flip, PhotoMetricDistortion, /255). Test input
+        416 by default (mmdet tests the mstrain-608 model at 608; pick 320/416/608 with
+        --set input_size=). mmdet starts from an ImageNet-pretrained
         Darknet-53; here the backbone starts from scratch."""
         return cls()
 
@@ -70,9 +80,11 @@ class YOLOv3Config:
         at a 160-px input with anchors scaled to it, on 4 synthetic shape classes; trains on
         2 CPU cores in a few minutes. Departures from `full` chosen for speed of
         convergence, not fidelity: AdamW at lr 2e-3 with a short linear warmup and a cosine
-        decay (the published SGD 1e-3 schedule needs far more steps than a smoke run has)."""
+        decay (the published SGD 1e-3 schedule needs far more steps than a smoke run has),
+        and the lighter letterbox + flip training pipeline at the fixed 160-px input."""
         return cls(
             num_classes=4, input_size=160, width=0.25, depths=(1, 1, 2, 2, 1), scale_anchors=True,
+            train_pipeline="letterbox",
             synth_train_images=320, synth_val_images=100,
             batch_size=16, eval_batch_size=25, steps=400, grad_clip=10.0, num_workers=0,
             optimizer="adamw", lr=2e-3, weight_decay=5e-4, warmup_steps=50, schedule="cosine",

@@ -122,19 +122,54 @@ def test_model_output_shapes() -> None:
 def test_assignment_puts_gt_at_expected_cell_and_anchor() -> None:
     model = _tiny_model()
     maps = model(torch.rand(2, 3, 128, 128))
-    # A box shaped exactly like anchor 1 of the stride-16 level, centred at (50, 70).
+    # A box shaped exactly like anchor 1 of the stride-16 level, on the centre of cell (3, 4):
+    # IoU 1 with that prior, below 0.5 with every other responsible prior.
     aw, ah = scaled_anchors(128, True)[1][1]
-    box = torch.tensor([[50 - aw / 2, 70 - ah / 2, 50 + aw / 2, 70 + ah / 2]])
+    cx, cy = 3.5 * 16, 4.5 * 16
+    box = torch.tensor([[cx - aw / 2, cy - ah / 2, cx + aw / 2, cy + ah / 2]])
     asg = assign(model, maps, [box, torch.zeros(0, 4)], [torch.tensor([2]), torch.zeros(0, dtype=torch.long)])
     assert asg.batch_idx.tolist() == [0] and asg.level.tolist() == [1] and asg.anchor.tolist() == [1]
-    assert asg.cell.tolist() == [[50 // 16, 70 // 16]]
+    assert asg.cell.tolist() == [[3, 4]]
     assert asg.prior_idx.tolist() == [4 * 4 * 3 + (4 * 8 + 3) * 3 + 1]
-    assert asg.target_xy[0].tolist() == pytest.approx([50 / 16 - 3, 70 / 16 - 4])
+    assert asg.target_xy[0].tolist() == pytest.approx([0.5, 0.5])
     assert asg.target_wh[0].tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
     assert asg.labels.tolist() == [2]
     assert not asg.neg[0, asg.prior_idx[0]]  # the positive is not also a negative
     assert asg.neg[1].all()  # an image without boxes: every prior is a negative
     assert (~asg.neg[0]).sum() >= 1
+
+
+def test_grid_assigner_hand_worked_multi_positive_case() -> None:
+    """mmdet's GridAssigner, worked by hand. Input 128: grids 4x4 (stride 32), 8x8 (16),
+    16x16 (8); anchors (32, 64, 100), (16, 20, 40), (8, 12, 24) px squares.
+
+    GT A = [31, 31, 49, 49] (18 px, centre (40, 40)): responsible cells (1, 1)/(2, 2)/(5, 5).
+    Stride-16 cell (2, 2) is centred on (40, 40): IoU 256/324 = 0.790 with the 16-px prior
+    and 324/400 = 0.810 with the 20-px one -> BOTH positive (> 0.5); 40 px: 0.2025. Stride
+    32 cell (1, 1) at (48, 48): 289/1059 = 0.273 (32 px); stride 8 cell (5, 5) at (44, 44):
+    0.198, 0.349, 0.473. Two positives, priors 48 + (2*8+2)*3 + {0, 1} = 102, 103.
+    GT B = [97, 5, 103, 35] (6x30, centre (100, 20)): no responsible prior reaches 0.5;
+    the best is stride 8 cell (12, 2) at (100, 20), 12-px anchor: 72/252 = 0.2857 (just
+    above stride 16 cell (6, 1) with 16 px: 96/340 = 0.2824) -> the only positive of B,
+    prior 240 + (2*16+12)*3 + 1 = 373. Mmdet's old shape-only rule (one anchor per GT)
+    would give A a single positive."""
+    model = _tiny_model()
+    model.anchors = (((32, 32), (64, 64), (100, 100)), ((16, 16), (20, 20), (40, 40)),
+                     ((8, 8), (12, 12), (24, 24)))
+    maps = [torch.zeros(1, 3 * 8, s, s) for s in (4, 8, 16)]
+    boxes = torch.tensor([[31.0, 31.0, 49.0, 49.0], [97.0, 5.0, 103.0, 35.0]])
+    asg = assign(model, maps, [boxes], [torch.tensor([0, 2])])
+    order = asg.prior_idx.argsort()
+    assert asg.prior_idx[order].tolist() == [102, 103, 373]
+    assert asg.labels[order].tolist() == [0, 0, 2]
+    assert asg.level[order].tolist() == [1, 1, 2] and asg.anchor[order].tolist() == [0, 1, 1]
+    assert asg.cell[order].tolist() == [[2, 2], [2, 2], [12, 2]]
+    np.testing.assert_allclose(asg.target_xy[order].numpy(), [[0.5, 0.5]] * 3, atol=1e-6)
+    expected_wh = [[math.log(18 / 16)] * 2, [math.log(18 / 20)] * 2, [math.log(6 / 12), math.log(30 / 12)]]
+    np.testing.assert_allclose(asg.target_wh[order].numpy(), expected_wh, atol=1e-6)
+    # Negatives: IoU <= 0.5 with both GT. Priors with IoU > 0.5 are never negatives.
+    assert not asg.neg[0, [102, 103, 373]].any()
+    assert int((~asg.neg[0]).sum()) == 3
 
 
 def test_loss_terms_named_finite_and_differentiable() -> None:
@@ -195,3 +230,15 @@ def test_smoke_training_reaches_reference(harness_run: Callable[..., dict[str, A
     record = harness_run("yolov3", seed=0, checkpoint=False)
     assert record["status"] == "ok"
     assert record["metrics"]["AP50"] >= 0.5, record["metrics"]
+
+
+def test_backbone_weights_load_from_a_local_file(tmp_path: Any) -> None:
+    import dataclasses
+
+    source = YOLOv3Workload(YOLOv3Config.smoke()).build_model().backbone
+    for p in source.parameters():
+        p.data.normal_()
+    torch.save(source.state_dict(), tmp_path / "darknet.pth")
+    cfg = dataclasses.replace(YOLOv3Config.smoke(), backbone_weights=str(tmp_path / "darknet.pth"))
+    loaded = YOLOv3Workload(cfg).build_model().backbone
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
