@@ -52,9 +52,11 @@ def capture_forward(workload: Workload, model: torch.nn.Module, batch: Any,
                           f"{len(recorder.calls)} times per batch; export covers a single call")
     args, kwargs, outputs = recorder.calls[0]
     if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
-        raise ExportError(f"workload {workload.name}: the model is called with "
-                          f"{'keyword' if kwargs else 'non-tensor'} arguments; export takes "
-                          f"positional tensors only")
+        what = (f"keyword arguments ({', '.join(kwargs)})" if kwargs else "non-tensor arguments ("
+                + ", ".join(f"argument {i} is a {type(a).__name__}" for i, a in enumerate(args)
+                            if not isinstance(a, torch.Tensor)) + ")")
+        raise ExportError(f"workload {workload.name}: the model is called with {what}; "
+                          f"export takes positional tensors only")
     return tuple(args), outputs
 
 

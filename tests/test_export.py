@@ -149,3 +149,20 @@ def test_yolov3_smoke_model_exports_with_a_dynamic_batch(tmp_path: Path) -> None
     assert [g.shape for g in got] == [tuple(r.shape) for r in ref]
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_a_model_called_with_a_dict_is_refused_naming_the_argument() -> None:
+    from harness.export import capture_forward
+
+    class DictModel(torch.nn.Module):
+        def forward(self, inputs: dict) -> torch.Tensor:
+            return inputs["x"] * 2
+
+    class W:
+        name = "dicty"
+
+        def predict(self, model: torch.nn.Module, batch: dict) -> list:
+            return list(model({"x": batch["x"]}))
+
+    with pytest.raises(ExportError, match=r"non-tensor arguments \(argument 0 is a dict\)"):
+        capture_forward(W(), DictModel(), {"x": torch.ones(2, 3)}, torch.device("cpu"))  # type: ignore[arg-type]
