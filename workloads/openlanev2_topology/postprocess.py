@@ -27,7 +27,7 @@ def decode(out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: OpenLaneV2C
     for i, key in enumerate(batch["key"]):
         ctrl = out["lc_reg"][i].detach().float().cpu().unflatten(-1, (-1, 3))
         ctrl = torch.max(torch.min(ctrl * (hi - lo) + lo, hi), lo)
-        lanes = torch.einsum("pk,qkc->qpc", basis, ctrl)
+        lanes = torch.einsum("pk,qkc->qpc", basis, ctrl).float()  # autocast: bf16 matmul
         lane_conf = out["lc_cls"][i, :, 0].detach().float().sigmoid().cpu()
         order = lane_conf.argsort(descending=True)[: cfg.max_lanes]
         te_scores = out["te_cls"][i].detach().float().sigmoid().cpu()
