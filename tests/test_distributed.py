@@ -170,3 +170,18 @@ def test_launcher_command_for_each_topology(tmp_path: Path) -> None:
     assert strip_launch_options(["run", "tiny", "--nproc", "2", "--nnodes=2", "--rdzv-endpoint",
                                  "h:1", "--rdzv-id", "x", "--node-rank", "0", "--steps", "3"]
                                 ) == ["run", "tiny", "--steps", "3"]
+
+
+def test_nproc_parent_names_one_run_folder_for_all_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --out every worker would stamp its own runs/<...>-<time> folder."""
+    from harness import cli, launch
+
+    launched: list[list[str]] = []
+    monkeypatch.setattr(launch, "run_process_tree", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert cli.main(["run", "tiny", "--nproc", "2", "--steps", "3"]) == 0
+    cmd = launched[0]
+    worker = cmd[cmd.index("harness.cli") + 1:]
+    assert worker[:4] == ["run", "tiny", "--steps", "3"] and "--nproc" not in worker
+    out = worker[worker.index("--out") + 1]
+    assert Path(out).parent == Path("runs") and Path(out).name.startswith("tiny-cpu-fp32-")
