@@ -20,6 +20,7 @@ class CPUBackend(Backend):
         modes=("eager", "compile"),
         default_mode="eager",
         dist_backend="gloo",
+        deepspeed_accelerator="cpu",
         why_not={
             "fp16": "CPU autocast has no fp16 GradScaler path and no fp16 speedup; use bf16",
             "lazy": "lazy mode is Gaudi's (PT_HPU_LAZY_MODE); use --backend hpu --lazy",

@@ -27,6 +27,8 @@ class CUDABackend(Backend):
         default_mode="eager",
         scaled_precisions=("fp16",),
         dist_backend="nccl",
+        pin_memory=True,
+        deepspeed_accelerator="cuda",
         why_not={
             "lazy": "lazy mode is Gaudi's graph accumulation (PT_HPU_LAZY_MODE); CUDA runs "
                     "eagerly, or use --compile for torch.compile (inductor)",

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from backends.emulation import STATS, _name
+from backends.emulation_state import STATS
+from backends.emulation_state import device_name as _name
 
 
 class _Stream:
@@ -88,16 +89,14 @@ def _module(qualname: str, **attrs: Any) -> types.ModuleType:
 class Mstx:
     """torch_npu.npu.mstx: profiler ranges (ids only; no profiler runs here)."""
 
-    ranges = 0
-
     @staticmethod
     def mark(message: str = "") -> None:
         pass
 
     @staticmethod
     def range_start(message: str, stream: Any = None) -> int:
-        Mstx.ranges += 1
-        return Mstx.ranges
+        STATS["mstx_ranges"] += 1
+        return int(STATS["mstx_ranges"])
 
     @staticmethod
     def range_end(range_id: int) -> None:

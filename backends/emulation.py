@@ -39,20 +39,18 @@ from typing import Any, Callable
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from backends.emulation_state import STATE as _state
+from backends.emulation_state import STATS
+from backends.emulation_state import device_name as _name
 from harness.errors import UsageError
 
 _HOST = "_harness_host_storage"
 _COUNTED = "_harness_counted"
 _META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
-_AUTOCAST_KEY = torch._C.DispatchKey.AutocastPrivateUse1
+_AUTOCAST_KEY = torch._C.DispatchKey.AutocastPrivateUse1  # type: ignore[attr-defined]  # not in the stubs
 STATS_ENV = "HARNESS_EMULATION_STATS"  # path: a JSON summary is written there at exit
 FALLBACK_OPS_ENV = "HARNESS_EMULATED_CPU_FALLBACK_OPS"  # ops the emulated NPU "lacks"
 
-_state: dict[str, Any] = {"name": None, "libs": []}
-STATS: dict[str, Any] = {
-    "device": None, "ops": {}, "autocast_casts": {}, "mark_step": {"total": 0, "by_caller": {}},
-    "synchronize": 0, "memory": {"InUse": 0, "MaxInUse": 0, "NumAllocs": 0, "NumFrees": 0},
-}
 # Ops where device tensors may meet CPU tensors on real devices too (copies, CPU indices).
 _CPU_MIX_OK = re.compile(
     r"aten::(_copy_from|_copy_from_and_resize|copy_|index|index_put_|_index_put_impl_|set_|"
@@ -60,10 +58,6 @@ _CPU_MIX_OK = re.compile(
 
 
 # ---------------------------------------------------------------- tensors <-> host bytes
-def _name() -> str:
-    return _state["name"] or "privateuseone"
-
-
 def _is_dev(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.device.type == _name() and not x.is_meta
 
@@ -101,7 +95,7 @@ def _free(n: int) -> None:
 
 def from_host(cpu: torch.Tensor) -> torch.Tensor:
     """A device tensor whose bytes are `cpu`'s storage (shared, not copied)."""
-    base = torch._C._acc.create_empty_tensor([0], cpu.dtype)
+    base = torch._C._acc.create_empty_tensor((0,), cpu.dtype)
     host = cpu.untyped_storage()
     _count(host)
     setattr(base.untyped_storage(), _HOST, host)
@@ -208,7 +202,7 @@ def _wrap_returns(op: torch._ops.OpOverload, args: Any, kwargs: Any, out: Any) -
     for ret, value in zip(rets, outs, strict=True):
         alias = ret.alias_info
         source = _aliased_arg(op, args, kwargs, alias) if alias is not None else None
-        if source is not None and alias.is_write:
+        if source is not None and alias is not None and alias.is_write:
             # in-place / out=: the host view was mutated; the device arg may need new geometry
             if isinstance(value, torch.Tensor) and _is_dev(source):
                 _reset_geometry(source, value)
@@ -393,6 +387,4 @@ def install(name: str) -> None:
 
 def write_stats(path: str) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        from backends.emulated_vendor import Mstx
-
-        json.dump({**STATS, "mstx_ranges": Mstx.ranges}, fh, indent=1, sort_keys=True)
+        json.dump(STATS, fh, indent=1, sort_keys=True)

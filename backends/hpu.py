@@ -33,6 +33,7 @@ class HPUBackend(Backend):
         default_mode="lazy",
         scaled_precisions=("fp16",),
         dist_backend="hccl",
+        deepspeed_accelerator="hpu",
     )
 
     @classmethod

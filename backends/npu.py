@@ -72,6 +72,8 @@ class NPUBackend(Backend):
         default_mode="eager",
         scaled_precisions=("fp16",),
         dist_backend="hccl",
+        pin_memory=True,  # torch_npu pins for pin_memory_device="npu"
+        deepspeed_accelerator="npu",
         why_not={
             "lazy": "lazy mode is Gaudi's graph accumulation (PT_HPU_LAZY_MODE); torch_npu runs "
                     "eagerly",
@@ -159,7 +161,7 @@ class NPUBackend(Backend):
             with torch.autograd.profiler.record_function(name):
                 yield
         finally:
-            if range_id:  # 0 means range_start failed
+            if range_id and mstx is not None:  # 0 means range_start failed
                 mstx.range_end(range_id)
 
     def describe(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def agreement_rows(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
 
 
 def agreement_title(records: Sequence[dict[str, Any]]) -> str:
-    agree = next((r["raw_output_agreement"] for r in records
+    agree: dict[str, Any] = next((r["raw_output_agreement"] for r in records
                   if isinstance(r.get("raw_output_agreement"), dict)), {})
     return (f"Raw-output agreement: {agree.get('test', '?')} vs {agree.get('reference', '?')} on "
             f"the same batches (tol: rtol {agree.get('rtol')}, atol {agree.get('atol')})")

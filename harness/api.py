@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 
 from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from harness.strategies import Strategy
+    from harness.timing import StepTimer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("eager", "lazy", "compile")
@@ -44,6 +50,11 @@ class Capabilities:
     why_not: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # (mode, precision) pairs that are refused even though each is supported alone.
     invalid_pairs: Mapping[tuple[str, str], str] = dataclasses.field(default_factory=dict)
+    # Pin host batches (DataLoader pin_memory for this device type): copies from pinned
+    # memory run asynchronously, from pageable memory they wait.
+    pin_memory: bool = False
+    # DeepSpeed's accelerator name for this device (DS_ACCELERATOR); None: no DeepSpeed.
+    deepspeed_accelerator: str | None = None
 
 
 @dataclasses.dataclass
@@ -128,6 +139,11 @@ class Backend(ABC):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=AUTOCAST_DTYPES[precision])
 
+    def pin_memory_device(self) -> str:
+        """The device type the loaders pin host batches for; "" for none. Emulated devices
+        have no pinned host allocator, so they never pin."""
+        return self.device_type if self.capabilities.pin_memory and not self.emulated else ""
+
     def check_precision(self, precision: str) -> None:
         """Device-dependent precision checks, once after setup (bf16 needs sm80+, Gaudi2...)."""
 
@@ -157,11 +173,9 @@ class Backend(ABC):
     def memory(self) -> MemoryStats:
         return MemoryStats()
 
-    @contextlib.contextmanager
-    def trace(self, name: str) -> Iterator[None]:
+    def trace(self, name: str) -> contextlib.AbstractContextManager[Any]:
         """A named range for the vendor profiler (nvtx, mstx, record_function)."""
-        with torch.autograd.profiler.record_function(name):
-            yield
+        return torch.autograd.profiler.record_function(name)
 
     def describe(self) -> dict[str, Any]:
         """Device, driver and runtime versions for the record's env."""
@@ -260,3 +274,28 @@ class Workload(ABC):
         """What FPS counts in a batch (images, multi-camera frames); no device sync."""
         first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
         return int(first.shape[0])
+
+
+@dataclasses.dataclass
+class Run:
+    """What observers see of a run (the hooks' `run` argument); the loop updates it."""
+
+    config: RunConfig
+    workload: Workload
+    backend: Backend
+    strategy: Strategy
+    out_dir: Path
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    step: int = 0
+    micro_steps: int = 0
+    epoch: int = 0
+    started: float = dataclasses.field(default_factory=time.time)
+    last_log: dict[str, Any] | None = None  # host values, set at log steps only
+    losses: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    timer: StepTimer | None = None
+    memory: MemoryStats | None = None  # peaks of the training window
+    trained_model: Any = None
+    optimizer: Any = None
+    model_info: dict[str, Any] | None = None  # params and training FLOPs per sample

@@ -15,17 +15,12 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import plugins
+import torch
+
 from harness.config import RunConfig
-from harness.runner import (
-    DEFAULT_CACHE,
-    Run,
-    check_requirements,
-    prepare_backend,
-    resolve_workload_config,
-)
+from harness.prepare import prepare_run
 from harness.strategies import Strategy
-from harness.training import make_loader, to_device
+from harness.training import to_device
 
 
 @dataclasses.dataclass
@@ -44,19 +39,12 @@ def prepare_training_step(workload: str, backend: str = "cpu", precision: str = 
     """Build model, optimizer and a few device-resident batches; return a step closure."""
     config = RunConfig(workload=workload, backend=backend, mode=mode, precision=precision,
                        scale=scale, seed=seed, overrides=tuple(overrides), emulate=emulate,
-                       batch_size=batch_size)
-    wl_cls = plugins.get_workload(workload)
-    check_requirements(wl_cls)
-    wl = wl_cls(resolve_workload_config(wl_cls, config))
-    dev = prepare_backend(config)
-    strategy = Strategy()
-    strategy.setup(dev, config)
-    device = dev.setup(0)
-    dev.seed(seed)
-    data = wl.datasets(None, Path(cache_dir) if cache_dir else DEFAULT_CACHE)
-    loader = make_loader(Run(config, wl, dev, strategy, Path(".")), data.train, data.collate,
-                         train=True)
-    host_batches = list(islice(cycle(loader), batches))
+                       batch_size=batch_size, cache_dir=cache_dir)
+    prepared = prepare_run(config, strategy=Strategy())
+    wl, dev, strategy = prepared.workload, prepared.backend, prepared.strategy
+    device = prepared.device
+    assert device is not None
+    host_batches = list(islice(cycle(prepared.loader("train")), batches))
     samples = wl.samples(host_batches[0])
     device_batches = cycle([to_device(b, device) for b in host_batches])
     model = wl.build_model().to(device)
@@ -71,7 +59,8 @@ def prepare_training_step(workload: str, backend: str = "cpu", precision: str = 
         batch = next(device_batches)
         with dev.autocast(precision):
             terms = wl.loss(model, batch)
-        strategy.backward(sum(terms.values()), scaler)
+        loss: torch.Tensor = sum(terms.values())  # type: ignore[assignment]
+        strategy.backward(loss, scaler)
         dev.after_backward()
         strategy.optimizer_step(model, optimizer, scaler, grad_clip)
         dev.after_optimizer_step()
@@ -80,7 +69,7 @@ def prepare_training_step(workload: str, backend: str = "cpu", precision: str = 
     info = {"workload": workload, "backend": backend, "precision": precision,
             "mode": dev.mode, "device": str(device), "emulated": emulate,
             "samples_per_step": samples, "scale": scale}
-    return PreparedStep(step, info, dev.close, model)
+    return PreparedStep(step, info, prepared.close, model)
 
 
 def benchmark_training_step(benchmark: Any, workload_name: str, backend: str = "cpu",

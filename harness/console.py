@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from harness import hookimpl
 
 if TYPE_CHECKING:
-    from harness.runner import Run
+    from harness.api import Run
 
 _BAR_WIDTH = 30
 

@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from harness.api import Backend
     from harness.config import RunConfig
 
-# DS_ACCELERATOR names for the harness backends (DeepSpeed's accelerator registry).
-DS_ACCELERATORS = {"cpu": "cpu", "cuda": "cuda", "npu": "npu", "hpu": "hpu"}
-
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -42,7 +39,9 @@ def _free_port() -> int:
 
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
-    scales_loss = True  # the engine's own fp16 loss scaler
+    # Only fp16 runs under the engine's dynamic loss scaler, which skips steps whose grads
+    # overflow (an inf grad norm is routine there); bf16/fp32 runs keep the divergence stop.
+    scales_loss = False
     # bf16/fp16 configs make the engine cast the model itself (fp32 masters in the optimizer).
     low_precision_weights = True
 
@@ -57,10 +56,11 @@ class DeepSpeedStrategy(Strategy):
     # -- setup: process group and accelerator, before any engine exists --
     def setup(self, backend: Backend, run: RunConfig, workload_config: Any = None) -> None:
         super().setup(backend, run, workload_config)
-        accel = DS_ACCELERATORS.get(backend.name)
+        self.scales_loss = run.precision == "fp16"
+        accel = backend.capabilities.deepspeed_accelerator
         if accel is None:
-            raise UsageError(f"--deepspeed: no DeepSpeed accelerator for backend {backend.name} "
-                             f"(supported: {', '.join(DS_ACCELERATORS)})")
+            raise UsageError(f"--deepspeed: backend {backend.name} names no DeepSpeed "
+                             f"accelerator (Capabilities.deepspeed_accelerator)")
         preset = os.environ.get("DS_ACCELERATOR")
         if preset is not None and preset != accel:
             raise UsageError(f"--deepspeed: DS_ACCELERATOR={preset} in the environment, but the "
@@ -160,15 +160,6 @@ class DeepSpeedStrategy(Strategy):
 
     def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
         return int(self.engine.global_steps) if self.engine is not None else default
-
-    def all_reduce_sum(self, value: float) -> float:
-        import torch.distributed as dist
-
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item())
 
     def teardown(self) -> None:
         destroy = getattr(self.engine, "destroy", None)

@@ -34,11 +34,12 @@ def _fork_rng(stack: contextlib.ExitStack, device_type: str) -> None:
 
 
 def count_training(host_model: torch.nn.Module, workload: Workload, batch: Any,
-                   backend: Backend, device: torch.device) -> dict[str, Any]:
+                   backend: Backend, device: torch.device, precision: str) -> dict[str, Any]:
     """{"params", "train_flops_per_sample"} and, when the count is null, "train_flops_note".
 
     `host_model` is the freshly built model before it moves to the device; `batch` is already
-    on the device.
+    on the device. The forward runs under the run's autocast, as training does (the count
+    is the same; workloads that check their autocast see it on).
     """
     info: dict[str, Any] = {"params": parameter_count(host_model), "train_flops_per_sample": None}
     try:
@@ -51,8 +52,9 @@ def count_training(host_model: torch.nn.Module, workload: Workload, batch: Any,
         with contextlib.ExitStack() as stack:
             _fork_rng(stack, backend.device_type)
             with FlopCounterMode(display=False) as counter:
-                terms = wl.loss(model, batch)
-                sum(terms.values()).backward()
+                with backend.autocast(precision):
+                    terms = wl.loss(model, batch)
+                sum(terms.values()).backward()  # type: ignore[union-attr]
         backend.synchronize()
         flops = counter.get_total_flops()
         samples = workload.samples(batch)

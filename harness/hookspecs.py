@@ -12,8 +12,7 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
-    from harness.api import Backend, Workload
-    from harness.runner import Run
+    from harness.api import Backend, Run, Workload
 
 hookspec = pluggy.HookspecMarker("harness")
 

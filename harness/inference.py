@@ -150,7 +150,7 @@ class CallRecorder(torch.nn.Module):
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.module(*args, **kwargs)
+        out = self.module(*args, **kwargs)  # type: ignore[operator]
         self.calls.append((args, kwargs, out))
         return out
 

@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils._pytree import tree_flatten
 
-from harness import plugins, runner
 from harness.config import RunConfig
+from harness.prepare import prepare_run
 from harness.strategies import Strategy
-from harness.training import make_loader, to_device
+from harness.training import to_device
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 DEFAULT_TOL = {"fp32": 1e-3, "bf16": 1e-2, "fp16": 1e-2}
@@ -269,21 +269,17 @@ def run_numerics(workload: str, backend: str, steps: int = 5, precision: str = "
     beyond forward/backward/optimizer-step per side."""
     config = RunConfig(workload=workload, backend=backend, mode=mode, precision=precision,
                        scale=scale, seed=seed, overrides=tuple(overrides), emulate=emulate,
-                       batch_size=batch_size)
-    wl_cls = plugins.get_workload(workload)
-    runner.check_requirements(wl_cls)
-    wl = wl_cls(runner.resolve_workload_config(wl_cls, config))
-    dev_backend = runner.prepare_backend(config)
-    device = dev_backend.setup(0)
-    dev_backend.check_precision(precision)
-    dev_backend.seed(seed)  # as the runner does: augmentation draws repeat between invocations
+                       batch_size=batch_size, cache_dir=cache_dir)
+    # As the runner prepares: precision check, seed (augmentation draws repeat between
+    # invocations), the workload's own sampler.
+    strategy = Strategy()
+    prepared = prepare_run(config, strategy=strategy)
+    wl, dev_backend, device = prepared.workload, prepared.backend, prepared.device
+    assert device is not None
     tol = DEFAULT_TOL[precision] if tol is None else tol
     amp = precision != "fp32"
     report = Report(workload, backend, str(device), precision, tol)
-    strategy = Strategy()
-    data = wl.datasets(None, Path(cache_dir) if cache_dir else runner.DEFAULT_CACHE)
-    loader = make_loader(runner.Run(config, wl, dev_backend, strategy, Path(".")), data.train,
-                         data.collate, train=True)
+    loader = prepared.loader("train")
     batches = list(islice(cycle(loader), steps))  # loaded once: every side sees the same batches
     torch.manual_seed(seed)
     sides = _build_sides(wl, wl.build_model(), dev_backend, device, precision, steps)
@@ -302,7 +298,7 @@ def run_numerics(workload: str, backend: str, steps: int = 5, precision: str = "
                     if s.scheduler is not None:
                         s.scheduler.step()
     finally:
-        dev_backend.close()
+        prepared.close()
     if dev_backend.mode == "compile":
         report.notes.append("module localization replays eager modules (hooks bypass compile)")
     return report

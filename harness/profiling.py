@@ -36,7 +36,7 @@ def _inner(module: torch.nn.Module) -> torch.nn.Module:
     seen = 0
     while seen < 4 and isinstance(getattr(module, "module", None) or getattr(module, "_orig_mod", None),
                                   torch.nn.Module):
-        module = getattr(module, "module", None) or module._orig_mod
+        module = getattr(module, "module", None) or module._orig_mod  # type: ignore[assignment]
         seen += 1
     return module
 
@@ -50,8 +50,8 @@ def component_ranges(backend: Backend) -> Iterator[None]:
 
     def pre(module: torch.nn.Module, args: Any) -> None:
         if depth[0] == 0:  # an outermost call: name the children of the model inside it
-            for name, child in _inner(module).named_children():
-                names.setdefault(id(child), f"model.{name}")
+            for child_name, child in _inner(module).named_children():
+                names.setdefault(id(child), f"model.{child_name}")
         depth[0] += 1
         name = names.get(id(module))
         if name is not None:

@@ -1,13 +1,14 @@
 """One run: setup -> warmup steps -> timed window -> evaluation -> record.
 
 The harness owns the loop and the clock; the workload owns model, data and metric; the
-backend owns the device. Failures of any kind still write record.json with a status.
+backend owns the device. Failures of any kind still write record.json with a status, and
+each finishing step (closing the window, observers, backend and strategy teardown) is
+guarded on its own, so a raising one never skips the others or the record.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import os
 import signal
 import time
@@ -15,103 +16,29 @@ import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from harness import plugins
-from harness.api import Backend, Workload
-from harness.config import (
-    DIRECT_FIELDS,
-    RunConfig,
-    apply_overrides,
-    config_to_dict,
-    user_set_fields,
+from harness.api import Run
+from harness.config import RunConfig, config_to_dict
+from harness.errors import Diverged, HarnessError, RunInterrupted
+from harness.prepare import (  # noqa: F401 - re-exported: the names callers used before
+    DEFAULT_CACHE,
+    PreparedRun,
+    check_requirements,
+    instantiate_workload,
+    prepare_backend,
+    resolve_run,
+    resolve_workload_config,
+    setup_run,
 )
-from harness.errors import BackendUnavailable, Diverged, HarnessError, MissingExtra, RunInterrupted
 from harness.records import SCHEMA, environment, write_json_atomic
-from harness.strategies import Strategy, choose_strategy
-from harness.timing import StepTimer
-from harness.training import evaluate, train
+from harness.strategies import Strategy
+from harness.training import EvalResult, evaluate, train
 
-DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "perception-harness"))
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything observers may look at during a run."""
-
-    config: RunConfig
-    workload: Workload
-    backend: Backend
-    strategy: Strategy
-    out_dir: Path
-    total_steps: int = 0
-    steps_per_epoch: int = 0
-    step: int = 0
-    micro_steps: int = 0
-    epoch: int = 0
-    started: float = dataclasses.field(default_factory=time.time)
-    last_log: dict[str, Any] | None = None  # host values, set at log steps only
-    losses: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    timer: StepTimer | None = None
-    memory: Any = None  # MemoryStats of the training window
-    trained_model: Any = None
-    optimizer: Any = None
-    model_info: dict[str, Any] | None = None  # params and training FLOPs per sample
-
-
-def resolve_workload_config(workload_cls: type[Workload], run: RunConfig) -> Any:
-    presets = workload_cls.presets()
-    if run.scale not in presets:
-        from harness.errors import UsageError
-
-        raise UsageError(f"workload {workload_cls.name} has no scale '{run.scale}' "
-                         f"(valid: {', '.join(presets)})")
-    cfg = presets[run.scale]
-    direct = {name: getattr(run, name) for name in DIRECT_FIELDS}
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in direct.items() if v is not None and k in fields})
-    return apply_overrides(cfg, run.overrides)
-
-
-def instantiate_workload(workload_cls: type[Workload], workload_cfg: Any,
-                         user_set: frozenset[str]) -> Workload:
-    """The workload with the fields the user set; tolerates plugins whose __init__ predates
-    the `user_set` argument (they get the attribute set afterwards)."""
-    params = inspect.signature(workload_cls.__init__).parameters
-    if "user_set" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return workload_cls(workload_cfg, user_set=user_set)  # type: ignore[call-arg]
-    workload = workload_cls(workload_cfg)
-    workload.user_set = frozenset(user_set)
-    return workload
-
-
-def check_requirements(workload_cls: type[Workload]) -> None:
-    import importlib.util
-
-    missing = [m for m in workload_cls.requires if importlib.util.find_spec(m) is None]
-    if missing:
-        extra = workload_cls.extra or workload_cls.name
-        raise MissingExtra(f"workload {workload_cls.name} needs {', '.join(missing)}: "
-                           f"pip install 'perception-harness[{extra}]'")
-
-
-def prepare_backend(run: RunConfig) -> Backend:
-    """Emulate (if asked), validate, set the vendor environment, probe, instantiate."""
-    backend_cls = plugins.get_backend(run.backend)
-    if run.emulate:
-        backend_cls.emulate()
-    mode = run.mode or backend_cls.capabilities.default_mode
-    backend_cls.validate(mode, run.precision)
-    os.environ.update(backend_cls.environment(mode))
-    probe = backend_cls.probe()
-    if not probe.available:
-        hint = ("; for a portability dry run without the hardware add --emulate"
-                if plugins.can_emulate(backend_cls) else "")
-        raise BackendUnavailable(f"backend {run.backend} is unavailable: {probe.reason}{hint}")
-    return backend_cls(mode=mode, emulated=run.emulate)
+__all__ = ["DEFAULT_CACHE", "Run", "execute", "default_out_dir", "save_checkpoint"]
 
 
 def default_out_dir(run: RunConfig) -> Path:
@@ -136,11 +63,19 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _base_record(run: Run, workload_cfg: Any) -> dict[str, Any]:
+def weights_dtype(strategy: Strategy, precision: str) -> str:
+    """The dtype the weights are kept in: fp32 under autocast, the precision itself where the
+    strategy casts the model (DeepSpeed bf16/fp16)."""
+    if precision != "fp32" and getattr(strategy, "low_precision_weights", False):
+        return precision
+    return "fp32"
+
+
+def _base_record(run: Run) -> dict[str, Any]:
     cfg = run.config
     return {
         "schema": SCHEMA, "kind": "train", "workload": cfg.workload, "scale": cfg.scale,
-        "config": {"run": cfg.to_dict(), "workload": config_to_dict(workload_cfg)},
+        "config": {"run": cfg.to_dict(), "workload": config_to_dict(run.workload.config)},
         "backend": cfg.backend, "mode": run.backend.mode, "precision": cfg.precision,
         "weights_dtype": weights_dtype(run.strategy, cfg.precision),
         "strategy": run.strategy.name, "world_size": run.strategy.world_size, "seed": cfg.seed,
@@ -153,14 +88,6 @@ def _base_record(run: Run, workload_cfg: Any) -> dict[str, Any]:
     }
 
 
-def weights_dtype(strategy: Strategy, precision: str) -> str:
-    """The dtype the weights are kept in: fp32 under autocast, the precision itself where the
-    strategy casts the model (DeepSpeed bf16/fp16)."""
-    if precision != "fp32" and getattr(strategy, "low_precision_weights", False):
-        return precision
-    return "fp32"
-
-
 def _status_for(exc: BaseException) -> str:
     if isinstance(exc, Diverged):
         return "diverged"
@@ -171,76 +98,104 @@ def _status_for(exc: BaseException) -> str:
     return "failed"
 
 
+def _describe(exc: BaseException) -> str:
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, HarnessError):
+        return detail
+    return detail + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:])
+
+
+class _Ending:
+    """The run's first error and the record's status; later errors are listed apart."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+        self.first: BaseException | None = None
+
+    def fail(self, exc: BaseException, where: str = "") -> None:
+        if self.first is None:
+            self.first = exc
+            self.record["status"] = _status_for(exc)
+            self.record["error"] = (f"{where}: " if where else "") + _describe(exc)
+        else:
+            self.record.setdefault("later_errors", []).append(
+                f"{where}: {type(exc).__name__}: {exc}"[:500])
+
+    def guard(self, where: str, step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except BaseException as exc:  # noqa: BLE001 - the next finishing step still runs
+            self.fail(exc, where)
+
+
 def execute(config: RunConfig) -> dict[str, Any]:
     """Run one workload on one backend; return the record (also written to record.json).
 
     Usage errors found before the run starts raise without a record. Anything after
-    that writes the record with its status and then re-raises.
+    that writes the record with its status and then re-raises the first error.
     """
-    workload_cls = plugins.get_workload(config.workload)
-    check_requirements(workload_cls)
-    workload_cfg = resolve_workload_config(workload_cls, config)
-    backend = prepare_backend(config)
+    prepared = resolve_run(config)
     pm = plugins.get_plugin_manager()
     pm.hook.harness_configure(config=config)
-    strategy = choose_strategy(config)
     out_dir = Path(config.out) if config.out else default_out_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workload = instantiate_workload(workload_cls, workload_cfg, user_set_fields(config))
-    run = Run(config, workload, backend, strategy, out_dir)
-    record = _base_record(run, workload_cfg)
+    run = Run(config, prepared.workload, prepared.backend, prepared.strategy, out_dir)
+    record = _base_record(run)
     # Only rank 0 owns record.json; other ranks keep theirs beside it for debugging.
     rank = int(os.environ.get("RANK", "0"))
     record_path = out_dir / ("record.json" if rank == 0 else f"record.rank{rank}.json")
     write_json_atomic(record_path, record)
-    error: BaseException | None = None
+    ending = _Ending(record)
     with _sigterm_as_interrupt():
         try:
-            _execute_run(run, record, pm)
+            _execute_run(prepared, run, record, pm)
             record["status"] = "ok"
         except BaseException as exc:  # noqa: BLE001 - every ending gets a record
-            error = exc
-            record["status"] = _status_for(exc)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            record["error"] = detail if isinstance(exc, HarnessError) else (
-                detail + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:]))
+            ending.fail(exc)
         finally:
-            _finish_record(run, record)
-            write_json_atomic(record_path, record)
-            pm.hook.harness_run_end(run=run, record=record)
-            backend.close()
-            strategy.teardown()
-    if error is not None:
-        raise error
+            ending.guard("finishing the record", lambda: _finish_record(run, record))
+            ending.guard("writing the record", lambda: write_json_atomic(record_path, record))
+            ending.guard("harness_run_end observers",
+                         lambda: pm.hook.harness_run_end(run=run, record=record))
+            ending.guard("closing the backend", prepared.backend.close)
+            ending.guard("strategy teardown", prepared.strategy.teardown)
+            if ending.first is not None or "later_errors" in record:
+                # A finishing step failed after the write: the record on disk says so too.
+                with contextlib.suppress(Exception):
+                    write_json_atomic(record_path, record)
+    if ending.first is not None:
+        raise ending.first
     return record
 
 
-def _execute_run(run: Run, record: dict[str, Any], pm: Any) -> None:
+def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: Any) -> None:
     cfg = run.config
-    strategy, backend = run.strategy, run.backend
-    strategy.setup(backend, cfg, run.workload.config)
-    record["world_size"] = strategy.world_size
-    device = backend.setup(strategy.local_rank)
-    backend.check_precision(cfg.precision)
-    record["env"] = environment(backend.describe())
-    backend.seed(cfg.seed + strategy.rank)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        backend.deterministic()
-    data = run.workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+    setup_run(prepared, load_data=False)
+    record["world_size"] = prepared.strategy.world_size
+    record["env"] = environment(prepared.backend.describe())
+    data = prepared.load_data()
     # datasets() may have resolved config fields from the data: record what was used.
     record["config"]["workload"] = config_to_dict(run.workload.config)
     record["data"] = {"source": data.source, "from_data": dict(data.from_data)}
     record["data_source"] = data.source
-    train(run, data, device, pm)
+    device = prepared.device
+    assert device is not None
+
+    def evaluate_now(model: torch.nn.Module) -> EvalResult:
+        result = evaluate(run.workload, model, prepared.loader("val"), run.backend,
+                          cfg.precision, device)
+        run.evals.append(result.row(run.step))
+        return result
+
+    train(run, prepared.loader("train"), device, pm.hook, evaluate_now)
     if run.model_info is not None:
         record["model"] = run.model_info
-    if cfg.eval and strategy.is_main:
-        metrics, predictions = evaluate(run, data, device)
-        record["metrics"] = metrics
-        record["predictions"] = write_predictions(run, predictions)
-        pm.hook.harness_eval_end(run=run, metrics=metrics)
-    if cfg.checkpoint and strategy.is_main:
+    if cfg.eval and prepared.strategy.is_main:
+        result = evaluate_now(run.trained_model)
+        record["metrics"] = result.metrics
+        record["predictions"] = write_predictions(run, result.predictions)
+        pm.hook.harness_eval_end(run=run, metrics=result.metrics)
+    if cfg.checkpoint and prepared.strategy.is_main:
         save_checkpoint(run, run.out_dir / "checkpoint.pt")
 
 
@@ -286,18 +241,25 @@ def save_checkpoint(run: Run, path: Path) -> None:
 
 
 def _finish_record(run: Run, record: dict[str, Any]) -> None:
+    """Fill in what the run measured; each part on its own, so one failing part (a sticky
+    device error in synchronize) leaves the others in the record."""
     record["duration_s"] = round(time.time() - run.started, 3)
     record["losses"] = run.losses
     record["evals"] = run.evals
     if run.evals and not record["metrics"]:
         record["metrics"] = run.evals[-1]["metrics"]
+    errors: list[BaseException] = []
     timer = run.timer
     if timer is not None:
-        timer.close_window()
-        throughput = timer.summary(run.strategy.world_size)
+        try:
+            timer.close_window()
+        except Exception as exc:  # noqa: BLE001 - reported below, after the rest is filled in
+            errors.append(exc)
+        throughput: dict[str, Any] = dict(timer.summary(run.strategy.world_size))
         steps = run.step
         if run.optimizer is not None:  # the engine's own count where it keeps one (DeepSpeed)
-            steps = run.strategy.optimizer_steps_taken(run.optimizer, run.step)
+            with contextlib.suppress(Exception):
+                steps = run.strategy.optimizer_steps_taken(run.optimizer, run.step)
         throughput.update(optimizer_steps=steps, micro_steps=run.micro_steps,
                           total_steps=run.total_steps, grad_accum=run.config.grad_accum,
                           step_times_s=[round(t, 6) for t in timer.step_times])
@@ -306,7 +268,7 @@ def _finish_record(run: Run, record: dict[str, Any]) -> None:
             throughput["note"] = "emulated device: speed is the CPU emulation's, not hardware's"
         record["throughput"] = throughput
     try:
-        memory = dataclasses.asdict(run.memory or run.backend.memory())
+        memory: dict[str, Any] = dataclasses.asdict(run.memory or run.backend.memory())
     except Exception as exc:  # noqa: BLE001 - memory is reported, never fatal
         memory = {"error": repr(exc)}
     if run.backend.emulated:
@@ -316,3 +278,5 @@ def _finish_record(run: Run, record: dict[str, Any]) -> None:
         record["fallback_ops"] = run.backend.fallback_report()
     except Exception:  # noqa: BLE001
         record["fallback_ops"] = []
+    if errors:
+        raise errors[0]

@@ -1,8 +1,17 @@
-"""Timing: synchronized windows, warmup discard, FPS and percentiles.
+"""Timing: one synchronized window over training only, and step times that partition it.
 
-The device is synchronized only at window boundaries (start and end of the timed
-window, and at log points where values are read anyway); per-step times in between
-are host-side and on asynchronous devices measure dispatch once the queue is full.
+The device is synchronized at the window's boundaries and wherever the window pauses
+(evaluation, log points, where values are read anyway). Inside the window, the time between
+two step ends is that step's time; time spent paused (evaluation, logging, observer hooks)
+is excluded from both the window and the steps, and the device work still queued when a
+pause begins is drained (synchronized) and charged to the step that queued it. So
+`sum(step_times) == window_s`, and samples/s and the step-time percentiles describe the
+same time. Per-step times are host-side: on asynchronous devices a step's time is when the
+host got through it, which, once the queue is full, follows the device.
+
+Per step, the host time also splits into `data_time` (blocked waiting for the next batch
+from the loader), `copy_time` (issuing the host->device copies; asynchronous from pinned
+memory, waiting from pageable memory) and the rest, `compute_time`.
 """
 from __future__ import annotations
 
@@ -24,19 +33,23 @@ def percentile(values: list[float], q: float) -> float | None:
 
 @dataclass
 class StepTimer:
-    """Per-step wall times, data-wait times and sample counts after the warmup."""
+    """Per-step wall, data-wait and copy times and sample counts inside the timed window."""
 
     warmup_steps: int
     synchronize: Callable[[], None]
     step_times: list[float] = field(default_factory=list)
     data_times: list[float] = field(default_factory=list)
+    copy_times: list[float] = field(default_factory=list)
     samples: int = 0
     window_start: float | None = None
     window_end: float | None = None
+    paused_s: float = 0.0
     _last: float = 0.0
+    _paused_at: float | None = None
 
-    def start_step(self) -> None:
-        self._last = time.perf_counter()
+    @property
+    def is_open(self) -> bool:
+        return self.window_start is not None and self.window_end is None
 
     def open_window(self) -> None:
         """Called once, right after the last warmup step."""
@@ -44,36 +57,68 @@ class StepTimer:
         self.window_start = time.perf_counter()
         self._last = self.window_start
 
-    def end_step(self, step: int, samples: int, data_time: float) -> float:
+    def end_step(self, step: int, samples: int, data_time: float, copy_time: float = 0.0) -> float:
+        """A step ended (host side); returns its time since the previous step end."""
         now = time.perf_counter()
         elapsed = now - self._last
         self._last = now
-        if self.window_start is not None and step >= self.warmup_steps:
+        if self.is_open and self._paused_at is None and step >= self.warmup_steps:
             self.step_times.append(elapsed)
             self.data_times.append(data_time)
+            self.copy_times.append(copy_time)
             self.samples += samples
         return elapsed
 
-    def close_window(self) -> None:
-        if self.window_start is not None and self.window_end is None:
+    def pause(self, synchronize: bool = True) -> None:
+        """Stop the clock (evaluation, logging, hooks). With `synchronize`, queued device work
+        is drained first and charged to the last step; without, only host time is excluded
+        (for cheap per-step hooks, where a sync would stall the device pipeline)."""
+        if not self.is_open or self._paused_at is not None:
+            return
+        if synchronize:
             self.synchronize()
-            self.window_end = time.perf_counter()
+        now = time.perf_counter()
+        if self.step_times:
+            self.step_times[-1] += now - self._last
+        self._paused_at = now
+
+    def resume(self) -> None:
+        if self._paused_at is None:
+            return
+        now = time.perf_counter()
+        self.paused_s += now - self._paused_at
+        self._paused_at = None
+        self._last = now
+
+    def close_window(self) -> None:
+        if not self.is_open:
+            return
+        self.resume()
+        self.synchronize()
+        self.window_end = time.perf_counter()
+        if self.step_times:  # the drained queue belongs to the last step
+            self.step_times[-1] += self.window_end - self._last
+
+    def window_seconds(self) -> float | None:
+        if self.window_start is None or self.window_end is None:
+            return None
+        return self.window_end - self.window_start - self.paused_s
 
     def summary(self, world_size: int) -> dict[str, float | int | None]:
-        seconds = None
-        if self.window_start is not None and self.window_end is not None:
-            seconds = self.window_end - self.window_start
+        seconds = self.window_seconds()
         fps = self.samples * world_size / seconds if seconds else None
-        compute = [s - d for s, d in zip(self.step_times, self.data_times)]
+        compute = [s - d - c for s, d, c in zip(self.step_times, self.data_times, self.copy_times)]
+        total = sum(self.step_times)
         return {
             "samples_per_s": fps,
             "window_s": seconds,
+            "paused_s": round(self.paused_s, 6),
             "timed_steps": len(self.step_times),
             "warmup_steps": self.warmup_steps,
             "step_time_s_p50": percentile(self.step_times, 50),
             "step_time_s_p90": percentile(self.step_times, 90),
             "data_time_s_p50": percentile(self.data_times, 50),
+            "copy_time_s_p50": percentile(self.copy_times, 50),
             "compute_time_s_p50": percentile(compute, 50),
-            "data_wait_fraction": (sum(self.data_times) / sum(self.step_times)
-                                   if self.step_times and sum(self.step_times) > 0 else None),
+            "data_wait_fraction": sum(self.data_times) / total if total > 0 else None,
         }

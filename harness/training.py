@@ -2,16 +2,17 @@
 
 Hot-path rules: no `.item()` and no device sync per step; loss terms and grad norms stay
 on the device and are read once per log interval, where non-finite values are also caught.
+The timed window (harness/timing.py) holds training steps only: it pauses, synchronized,
+around logging and evaluation, and (host time only) around the per-step observer hook.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-import random
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,8 +21,8 @@ from harness.flops import count_training
 from harness.timing import StepTimer
 
 if TYPE_CHECKING:
-    from harness.api import Datasets
-    from harness.runner import Run
+    from harness.api import Backend, MemoryStats, Run, Workload
+    from harness.config import RunConfig
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -36,71 +37,60 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def make_loader(run: Run, dataset: Any, collate: Any, train: bool) -> DataLoader:
-    wcfg = run.workload.config
-    batch = getattr(wcfg, "batch_size" if train else "eval_batch_size", None) or 1
-    workers = getattr(wcfg, "num_workers", 0) or 0
-    gen = torch.Generator().manual_seed(run.config.seed)
-    common: dict[str, Any] = dict(collate_fn=collate, num_workers=workers,
-                                  worker_init_fn=_seed_worker, generator=gen,
-                                  persistent_workers=workers > 0 and train)
-    if train:
-        batch_sampler = run.workload.train_batch_sampler(
-            dataset, batch, run.strategy.world_size, run.strategy.rank, run.config.seed)
-        if batch_sampler is not None:
-            if not hasattr(batch_sampler, "__len__"):
-                raise UsageError(f"workload {run.workload.name}: train_batch_sampler() returned "
-                                 f"{type(batch_sampler).__name__} without __len__ (batches per "
-                                 f"epoch on this rank)")
-            return DataLoader(dataset, batch_sampler=batch_sampler, **common)
-    sampler = None
-    if train and run.strategy.world_size > 1:
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=run.strategy.world_size, rank=run.strategy.rank,
-            shuffle=True, seed=run.config.seed)
-    return DataLoader(dataset, batch_size=batch, shuffle=train and sampler is None,
-                      sampler=sampler, drop_last=train, **common)
-
-
 def _batches(loader: DataLoader, run: Run) -> Iterator[Any]:
     """Endless iteration over epochs; run.epoch follows along."""
     while True:
         # DistributedSampler, or a workload's batch sampler that has set_epoch.
         for sampler in (loader.sampler, loader.batch_sampler):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(run.epoch)
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(run.epoch)
         yield from loader
         run.epoch += 1
 
 
-def total_steps(run: Run, steps_per_epoch: int) -> int:
-    cfg = run.config
-    if cfg.steps is not None:
-        return cfg.steps
-    if cfg.epochs is not None:
-        return max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    return int(getattr(run.workload.config, "steps", 0) or steps_per_epoch)
+def total_steps(config: RunConfig, workload_config: Any, steps_per_epoch: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    if config.epochs is not None:
+        return max(1, math.ceil(config.epochs * steps_per_epoch))
+    return int(getattr(workload_config, "steps", 0) or steps_per_epoch)
 
 
-def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
+def _max_memory(a: MemoryStats | None, b: MemoryStats) -> MemoryStats:
+    """Field-wise maximum of two windows' peaks (training before and after an evaluation)."""
+    if a is None:
+        return b
+    merged: dict[str, Any] = {}
+    for f in dataclasses.fields(b):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        merged[f.name] = max(x, y) if isinstance(x, int) and isinstance(y, int) else (
+            y if y is not None else x)
+    return type(b)(**merged)
+
+
+def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
+          evaluate_now: Callable[[torch.nn.Module], Any]) -> None:
+    """Train `run.workload` for `run.total_steps` optimizer steps on the batches of `loader`.
+
+    `hooks`: the plugin manager's hook relay (harness_run_start, harness_step_end).
+    `evaluate_now(model)`: the interval evaluation (--eval-interval), called between steps
+    with the timed window paused. Progress, losses, the timer and the trained model are
+    left on `run` for the runner and the observers.
+    """
     cfg, wl, backend, strategy = run.config, run.workload, run.backend, run.strategy
-    loader = make_loader(run, data.train, data.collate, train=True)
     if len(loader) == 0:
         raise UsageError(f"training split has fewer samples than one batch "
-                         f"({len(data.train)} < {loader.batch_size}); lower --batch-size")
+                         f"({len(loader.dataset)} < {loader.batch_size}); "  # type: ignore[arg-type]
+                         f"lower --batch-size")
     run.steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
-    run.total_steps = total_steps(run, run.steps_per_epoch)
+    run.total_steps = total_steps(cfg, wl.config, run.steps_per_epoch)
     batches = _batches(loader, run)
     first = next(batches)  # also the batch the FLOPs are counted on
     batches = itertools.chain([first], batches)
     host_model = wl.build_model()
-    run.model_info = count_training(host_model, wl, to_device(first, device), backend, device)
+    run.model_info = count_training(host_model, wl, to_device(first, device), backend, device,
+                                    cfg.precision)
     model = host_model.to(device)
     optimizer = wl.build_optimizer(model)
     scheduler = wl.build_scheduler(optimizer, run.total_steps)
@@ -112,27 +102,29 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
     warmup = max(0, min(warmup, run.total_steps - 1))
     run.timer = timer = StepTimer(warmup, backend.synchronize)
+    window_memory: MemoryStats | None = None  # peaks of the window before an evaluation
     pending: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
-    pm.hook.harness_run_start(run=run)
+    hooks.harness_run_start(run=run)
     model.train()
     if warmup == 0:
         backend.reset_peak_memory()
         timer.open_window()
     for step in range(run.total_steps):
-        timer.start_step()
-        data_time = 0.0
+        data_time = copy_time = 0.0
         samples = 0
         terms_sum: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
             t0 = time.perf_counter()
             batch = next(batches)
+            t1 = time.perf_counter()
             samples += wl.samples(batch)
             batch = to_device(batch, device)
-            data_time += time.perf_counter() - t0
+            data_time += t1 - t0
+            copy_time += time.perf_counter() - t1
             with strategy.micro_step(run_model, last=micro == cfg.grad_accum - 1):
                 with backend.trace("forward"), backend.autocast(cfg.precision):
                     terms = wl.loss(run_model, batch)
-                loss = sum(terms.values())
+                loss: torch.Tensor = sum(terms.values())  # type: ignore[assignment]
                 with backend.trace("backward"):
                     strategy.backward(loss, scaler)
             backend.after_backward()
@@ -146,27 +138,37 @@ def train(run: Run, data: Datasets, device: torch.device, pm: Any) -> None:
         if scheduler is not None:
             scheduler.step()
         run.step = step + 1
-        iter_time = timer.end_step(step, samples, data_time)
+        iter_time = timer.end_step(step, samples, data_time, copy_time)
         pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
         if run.step == warmup and warmup > 0:
             backend.reset_peak_memory()
             timer.open_window()
         last = run.step == run.total_steps
-        if run.step % cfg.log_interval == 0 or last:
+        log_now = run.step % cfg.log_interval == 0 or last
+        eval_now = bool(cfg.eval_interval) and run.step % cfg.eval_interval == 0 and not last
+        # Logging reads values (a sync anyway) and evaluation runs the device: both pause the
+        # clock synchronized. The per-step hook only excludes its host time.
+        timer.pause(synchronize=log_now or eval_now)
+        if log_now:
             _log(run, pending, optimizer, iter_time, data_time,
                  scaled=scaler is not None or strategy.scales_loss)
             pending = []
         else:
             run.last_log = None
-        pm.hook.harness_step_end(run=run, step=run.step)
-        if cfg.eval_interval and run.step % cfg.eval_interval == 0 and not last:
+        hooks.harness_step_end(run=run, step=run.step)
+        if eval_now:
+            if timer.is_open:
+                window_memory = _max_memory(window_memory, backend.memory())
             # Rank 0 evaluates the unwrapped model (DDP's forward would broadcast buffers from
             # rank 0 alone) while the other ranks wait at a barrier, not in a collective.
-            strategy.on_main_only(
-                lambda: evaluate(run, data, device, model=strategy.unwrap(run_model)))
+            strategy.on_main_only(lambda: evaluate_now(strategy.unwrap(run_model)))
             model.train()
+            if timer.is_open:
+                backend.synchronize()
+                backend.reset_peak_memory()  # evaluation's peak is not training's
+        timer.resume()
     timer.close_window()
-    run.memory = backend.memory()
+    run.memory = _max_memory(window_memory, backend.memory())
     run.trained_model = strategy.unwrap(run_model)
     run.optimizer = optimizer
 
@@ -201,24 +203,33 @@ def _log(run: Run, pending: list, optimizer: Any, iter_time: float, data_time: f
     run.losses.append(row)
 
 
+@dataclasses.dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    predictions: list[Any]
+    inference_s: float
+    eval_s: float
+
+    def row(self, step: int) -> dict[str, Any]:
+        """The record's `evals` entry."""
+        return {"step": step, "metrics": self.metrics, "eval_samples": len(self.predictions),
+                "inference_s": round(self.inference_s, 3), "eval_s": round(self.eval_s, 3)}
+
+
 @torch.no_grad()
-def evaluate(run: Run, data: Datasets, device: torch.device,
-             model: Any = None) -> tuple[dict[str, float], list[Any]]:
-    """The val split's metrics, and the predictions they were computed from."""
-    model = model if model is not None else run.trained_model
-    wl = run.workload
-    loader = make_loader(run, data.val, data.collate, train=False)
+def evaluate(workload: Workload, model: torch.nn.Module, loader: DataLoader, backend: Backend,
+             precision: str, device: torch.device) -> EvalResult:
+    """Predict over the val split in order, then score with the workload's official metric."""
+    was_training = model.training
     model.eval()
     predictions: list[Any] = []
     t0 = time.perf_counter()
     for batch in loader:
         batch = to_device(batch, device)
-        with run.backend.autocast(run.config.precision):
-            predictions.extend(wl.predict(model, batch))
-    run.backend.synchronize()
+        with backend.autocast(precision):
+            predictions.extend(workload.predict(model, batch))
+    backend.synchronize()
     infer_s = time.perf_counter() - t0
-    metrics = {k: float(v) for k, v in wl.evaluate(predictions).items()}
-    run.evals.append({"step": run.step, "metrics": metrics, "eval_samples": len(predictions),
-                      "inference_s": round(infer_s, 3),
-                      "eval_s": round(time.perf_counter() - t0, 3)})
-    return metrics, predictions
+    metrics = {k: float(v) for k, v in workload.evaluate(predictions).items()}
+    model.train(was_training)
+    return EvalResult(metrics, predictions, infer_s, time.perf_counter() - t0)

@@ -108,3 +108,21 @@ def test_deepspeed_bf16_trains_yolov3_with_batchnorm(tmp_path: Path) -> None:
                                overrides=("synth_train_images=64", "synth_val_images=8")))
     assert record["status"] == "ok" and record["strategy"] == "deepspeed"
     assert record["throughput"]["optimizer_steps"] == 3 and record["throughput"]["micro_steps"] == 6
+
+
+@needs_deepspeed
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="DeepSpeed JIT-builds its CPU comm op and no C++ compiler is here")
+def test_deepspeed_bf16_stops_on_a_nan_gradient(tmp_path: Path) -> None:
+    # Only fp16's dynamic loss scaler skips overflowing steps; under bf16 a NaN gradient
+    # (finite loss) must end the run as diverged, naming the step.
+    # A process of its own: DeepSpeed keeps process-group state across engines in one process.
+    from tests.test_emulated_device import harness_run
+
+    proc, record, _ = harness_run(
+        tmp_path, "tiny", "--backend", "cpu", "--deepspeed", "--precision", "bf16",
+        "--steps", "6", "--log-interval", "2", "--set", "nan_grad_at_step=3",
+        plugins="tests.tiny_workload", timeout=900)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert record["status"] == "diverged", record.get("error")
+    assert "non-finite grad norm at step 3" in record["error"]

@@ -1,7 +1,10 @@
 """A tiny workload for host tests: a linear classifier on separable Gaussian blobs.
 
 Knobs (via --set) exercise the runner: `nan_at_step` makes the loss NaN from that step,
-`extra_work` adds matmuls per step (a real slowdown for gating tests), `sleep_s` stalls.
+`nan_grad_at_step` makes the gradients NaN (finite loss) from that step, `extra_work` adds
+matmuls per step (a real slowdown for gating tests), `sleep_s` stalls each loss,
+`eval_sleep_s` each evaluation, `load_sleep_s` each batch's collation (the loader) and
+`copy_sleep_s` each batch's host->device copy.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ class TinyConfig:
     nan_at_step: int = 0
     extra_work: int = 0
     sleep_s: float = 0.0
+    nan_grad_at_step: int = 0
+    eval_sleep_s: float = 0.0
+    load_sleep_s: float = 0.0
+    copy_sleep_s: float = 0.0
 
 
 def _blobs(n: int, cfg: TinyConfig, seed: int) -> torch.utils.data.TensorDataset:
@@ -36,6 +43,32 @@ def _blobs(n: int, cfg: TinyConfig, seed: int) -> torch.utils.data.TensorDataset
     y = torch.randint(0, cfg.classes, (n,), generator=g)
     x = centers[y] + torch.randn(n, cfg.features, generator=g)
     return torch.utils.data.TensorDataset(x, y)
+
+
+class _SlowCopy(torch.Tensor):
+    """A batch tensor whose device copy (`.to`) takes `delay` seconds longer."""
+
+    delay = 0.0
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        if func is torch.Tensor.to:
+            time.sleep(cls.delay)
+        return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+
+
+def _collate(cfg: TinyConfig) -> Any:
+    if not (cfg.load_sleep_s or cfg.copy_sleep_s):
+        return None
+    _SlowCopy.delay = cfg.copy_sleep_s
+
+    def collate(items: list[Any]) -> Any:
+        time.sleep(cfg.load_sleep_s)
+        x, y = torch.utils.data.default_collate(items)
+        return (x.as_subclass(_SlowCopy), y) if cfg.copy_sleep_s else (x, y)
+
+    return collate
 
 
 class TinyWorkload(Workload):
@@ -54,7 +87,8 @@ class TinyWorkload(Workload):
         return {"smoke": TinyConfig(), "full": TinyConfig(steps=200, features=32)}
 
     def datasets(self, data_root: Path | None, cache_dir: Path) -> Datasets:
-        return Datasets(_blobs(512, self.config, 1), _blobs(256, self.config, 2), None, "synthetic")
+        return Datasets(_blobs(512, self.config, 1), _blobs(256, self.config, 2),
+                        _collate(self.config), "synthetic")
 
     def build_model(self) -> torch.nn.Module:
         return torch.nn.Linear(self.config.features, self.config.classes)
@@ -69,7 +103,10 @@ class TinyWorkload(Workload):
             x = x + 0.0 * (torch.randn(256, 256) @ torch.randn(256, 256)).mean()
         if self.config.sleep_s:
             time.sleep(self.config.sleep_s)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        logits = model(x)
+        if self.config.nan_grad_at_step and self._calls >= self.config.nan_grad_at_step:
+            logits.register_hook(lambda grad: grad * float("nan"))
+        loss = torch.nn.functional.cross_entropy(logits, y)
         if self.config.nan_at_step and self._calls >= self.config.nan_at_step:
             loss = loss * float("nan")
         return {"loss_cls": loss, "loss_reg": 0.01 * sum(p.pow(2).sum() for p in model.parameters())}
@@ -79,6 +116,7 @@ class TinyWorkload(Workload):
         return list(zip(model(x).argmax(1).cpu().tolist(), y.cpu().tolist()))
 
     def evaluate(self, predictions: list[Any]) -> dict[str, float]:
+        time.sleep(self.config.eval_sleep_s)
         acc = sum(p == t for p, t in predictions) / max(len(predictions), 1)
         return {"accuracy": acc, "error": 1 - acc}
 
