@@ -1,0 +1,119 @@
+"""StreamPETR through the harness: predictions file = metric, untrained score, unseen
+1600x900 root, emulated device, divergence."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nuscenes", reason="nuscenes-devkit (extra 'bevdepth') is not installed")
+
+from workloads.streampetr.test_streampetr import ORIGINAL_LOSS_NAMES  # noqa: E402
+
+NUSCENES_METRICS = {"mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "NDS"}
+
+
+def test_predictions_file_rescored_by_the_devkit_gives_the_metrics(tmp_path: Path) -> None:
+    """Noisy LIDAR-frame GT as predictions: our metric == DetectionEval on the written file."""
+    import dataclasses
+
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    from workloads.streampetr import StreamPETRWorkload
+    from workloads.streampetr.config import StreamPETRConfig
+
+    cfg = dataclasses.replace(StreamPETRConfig.smoke(), synthetic_scenes=2, synthetic_samples_per_scene=4,
+                              synthetic_image_wh=(320, 180))
+    wl = StreamPETRWorkload(cfg)
+    data = wl.datasets(None, tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    preds = []
+    for i in range(len(data.val)):
+        item = data.val[i]
+        boxes = item["gt_boxes"].double().numpy().copy()
+        boxes[:, :2] += rng.normal(0, 0.5, (len(boxes), 2))
+        boxes[:, 7:] = np.nan_to_num(boxes[:, 7:]) + rng.normal(0, 0.5, (len(boxes), 2))
+        meta = item["metas"]
+        preds.append(dict(sample_token=meta["sample_token"], boxes=torch.from_numpy(boxes),
+                          scores=torch.from_numpy(rng.uniform(0.1, 1, len(boxes))), labels=item["gt_labels"],
+                          ego2global_rotation=meta["ego2global_rotation"],
+                          ego2global_translation=meta["ego2global_translation"]))
+    ours = wl.evaluate(preds)
+    out = tmp_path / "predictions"
+    out.mkdir()
+    written = wl.write_predictions(preds, out)
+    assert written["format"] == "nuscenes-detection" and written["split"] == "val"
+    gt = written["ground_truth"]
+    nusc = NuScenes(gt["version"], gt["dataroot"], verbose=False)
+    theirs, _ = DetectionEval(nusc, config_factory("detection_cvpr_2019"), written["path"],
+                              eval_set=gt["eval_set"], output_dir=str(tmp_path / "eval"), verbose=False).evaluate()
+    assert 0.3 < ours["NDS"] < 0.95  # GT through the LIDAR frame: matches, imperfectly
+    assert ours["NDS"] == pytest.approx(theirs.nd_score, abs=1e-6)
+    assert ours["mAP"] == pytest.approx(theirs.mean_ap, abs=1e-6)
+    for name, key in (("trans_err", "mATE"), ("scale_err", "mASE"), ("orient_err", "mAOE"),
+                      ("vel_err", "mAVE"), ("attr_err", "mAAE")):
+        assert ours[key] == pytest.approx(theirs.tp_errors[name], abs=1e-6), key
+    for name, ap in theirs.mean_dist_aps.items():
+        assert ours[f"AP_{name}"] == pytest.approx(ap, abs=1e-6)
+
+
+def test_untrained_scores_near_zero(harness_run) -> None:
+    record = harness_run("streampetr", steps=1, warmup_steps=0, overrides=("lr=0",))
+    assert record["status"] == "ok", record.get("error")
+    assert record["metrics"]["mAP"] < 0.01 and record["metrics"]["NDS"] < 0.05
+    assert record["predictions"]["format"] == "nuscenes-detection"
+    assert set(record["losses"][-1]) >= {"frame_0_loss_cls", "frame_0_enc_loss_iou", "frame_0_dn_loss_bbox"}
+
+
+def test_trains_on_a_1600x900_root_it_has_never_seen(harness_run, tmp_path) -> None:
+    from workloads.datasets.nuscenes import write_synthetic_nuscenes
+
+    root = write_synthetic_nuscenes(tmp_path / "nuscenes", seed=11, num_scenes=2, samples_per_scene=3,
+                                    image_size=(1600, 900), objects_per_scene=12, lidar_points_per_ring=64)
+    assert not (root / "streampetr_infos_train.pkl").exists()
+    record = harness_run("streampetr", data=root, steps=10, warmup_steps=0, batch_size=1)
+    assert record["status"] == "ok", record.get("error")
+    assert NUSCENES_METRICS <= set(record["metrics"])
+    assert (root / "streampetr_infos_train.pkl").is_file()
+    assert "1600x900" in record["data"]["from_data"]["ida_resize_lim"]
+
+
+def test_runs_on_the_emulated_npu(harness_run) -> None:
+    small = ("synthetic_scenes=2", "synthetic_samples_per_scene=4", "synthetic_image_wh=320,180")
+    record = harness_run("streampetr", backend="npu", emulate=True, steps=2, warmup_steps=0,
+                         batch_size=2, overrides=small)
+    assert record["status"] == "ok", record.get("error")
+    assert record["emulated"] and NUSCENES_METRICS <= set(record["metrics"])
+
+
+def test_nan_grad_norm_stops_the_run_as_diverged(harness_run, monkeypatch, tmp_path) -> None:
+    from harness.errors import Diverged
+    from workloads.streampetr import StreamPETRWorkload
+
+    original = StreamPETRWorkload.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):  # gradients turn NaN from the third loss() call on
+        terms = original(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            terms["frame_0_loss_cls"].register_hook(lambda g: g * float("nan"))
+        return terms
+
+    monkeypatch.setattr(StreamPETRWorkload, "loss", poisoned)
+    out = tmp_path / "diverged"
+    with pytest.raises(Diverged) as exc:
+        harness_run("streampetr", steps=6, warmup_steps=0, out=out)
+    message = str(exc.value)
+    assert re.search(r"non-finite grad norm at step \d", message), message
+    smoke_names = {n for n in ORIGINAL_LOSS_NAMES if not re.match(r"frame_0_d[1-4]\.", n)}  # 2 layers
+    for name in smoke_names:
+        assert f"{name}=" in message, name
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "diverged" and "grad norm at step" in record["error"]
