@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "perception-harness/run-record/1"
-STATUSES = ("running", "ok", "failed", "diverged", "oom", "interrupted")
 
 
 def _json_safe(value: Any) -> Any:
