@@ -1,10 +1,9 @@
 """`harness eval`: load trained weights, run the val split, record metrics and inference speed.
 
 The weights come from a run's checkpoint.pt (it names its workload and holds the workload
-config it was trained with) or a bare state dict, always through the safe loader. The
-workload config is built as for a run (preset, --batch-size, --set, then what datasets()
-takes from the data) and must agree with the checkpoint's on every field except the run-only
-ones and those the user set on purpose; otherwise the metrics would describe another model.
+config it was trained with) or a bare state dict, always through the safe loader; which
+workload config they must match is harness/eval_config.py's business. Preparation (backend
+checks, data, device, seed, the val loader) is the same as a run's (harness/prepare.py).
 Like a run, anything that goes wrong once the record exists ends in record.json with a status.
 """
 from __future__ import annotations
@@ -22,102 +21,13 @@ import torch
 
 from harness import plugins
 from harness.api import Workload
-from harness.config import WORKLOAD_RUN_FIELDS, RunConfig, apply_overrides, config_to_dict
+from harness.config import RunConfig, config_to_dict
 from harness.errors import HarnessError, RunInterrupted, UsageError
+from harness.eval_config import EvalConfig, build_workload, check_checkpoint_config
 from harness.inference import raw_output_agreement, run_inference
+from harness.prepare import PreparedRun, resolve_run, setup_run
 from harness.records import SCHEMA, environment, write_json_atomic
-from harness.runner import (
-    DEFAULT_CACHE,
-    check_requirements,
-    instantiate_workload,
-    prepare_backend,
-)
-from harness.safe_load import Checkpoint, load_checkpoint, load_weights
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    workload: str
-    checkpoint: Path
-    backend: str = "cpu"
-    mode: str = ""
-    precision: str = "fp32"
-    scale: str | None = None  # None: the preset the checkpoint's config matches
-    data: Path | None = None
-    batch_size: int | None = None  # eval batch size (default: the preset's eval_batch_size)
-    warmup_batches: int | None = None  # None: min(2, batches - 1)
-    seed: int = 0
-    overrides: tuple[str, ...] = ()
-    out: Path | None = None
-    cache_dir: Path | None = None
-    num_workers: int | None = None
-    emulate: bool = False
-    onnx: Path | None = None  # inference-only backends: this graph instead of exporting one
-    opset: int | None = None
-    agreement_batches: int = 0  # inference-only backends: batches compared with PyTorch; 0 = all
-    profile: bool = False  # torch.profiler trace + per-component table of the timed batches
-    profile_steps: int = 3
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in out.items()}
-
-    def user_set(self) -> frozenset[str]:
-        """Workload config fields set on purpose: never compared with the checkpoint's."""
-        keys = {o.split("=", 1)[0].strip().split(".")[0] for o in self.overrides}
-        if self.batch_size is not None:
-            keys.add("eval_batch_size")
-        if self.num_workers is not None:
-            keys.add("num_workers")
-        return frozenset(keys)
-
-
-def _build_config(workload_cls: type[Workload], scale: str, cfg: EvalConfig) -> Any:
-    presets = workload_cls.presets()
-    if scale not in presets:
-        raise UsageError(f"workload {workload_cls.name} has no scale '{scale}' "
-                         f"(valid: {', '.join(presets)})")
-    wcfg = presets[scale]
-    fields = {f.name for f in dataclasses.fields(wcfg)}
-    direct = {"eval_batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
-    wcfg = dataclasses.replace(wcfg, **{k: v for k, v in direct.items()
-                                        if v is not None and k in fields})
-    return apply_overrides(wcfg, cfg.overrides)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def config_mismatches(current: dict[str, Any], saved: dict[str, Any],
-                      ignore: frozenset[str]) -> list[str]:
-    """'key: checkpoint X, here Y' for each compared field that differs. Fields the checkpoint
-    lacks (added to the workload after it was written) cannot be compared and are skipped."""
-    out = []
-    for key in sorted(set(saved) - ignore):
-        mine = _plain(current[key]) if key in current else "<no such field>"
-        if _plain(saved[key]) != mine:
-            out.append(f"{key}: checkpoint {saved[key]!r}, here {mine!r}")
-    return out
-
-
-def _ignored(cfg: EvalConfig) -> frozenset[str]:
-    return frozenset(WORKLOAD_RUN_FIELDS) | cfg.user_set()
-
-
-def choose_scale(workload_cls: type[Workload], cfg: EvalConfig, ckpt: Checkpoint) -> str:
-    """--scale if given; else the preset whose config is closest to the checkpoint's."""
-    presets = list(workload_cls.presets())
-    if cfg.scale is not None or ckpt.workload_config is None:
-        return cfg.scale or presets[0]
-    counts = {s: len(config_mismatches(config_to_dict(_build_config(workload_cls, s, cfg)),
-                                       ckpt.workload_config, _ignored(cfg))) for s in presets}
-    return min(presets, key=lambda s: counts[s])  # ties: the first (smoke) preset
+from harness.safe_load import Checkpoint, load_weights
 
 
 def default_out_dir(cfg: EvalConfig) -> Path:
@@ -162,38 +72,24 @@ def _write_predictions(workload: Workload, predictions: list[Any],
     return info
 
 
-def prepare_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, Any, str]:
-    """The workload (config resolved, data loaded) that the checkpoint's weights belong to;
-    a checkpoint of another workload or config is a usage error naming the keys."""
-    workload_cls = plugins.get_workload(cfg.workload)
-    check_requirements(workload_cls)
-    ckpt = load_checkpoint(cfg.checkpoint)
-    if ckpt.workload is not None and ckpt.workload != cfg.workload:
-        raise UsageError(f"{cfg.checkpoint} holds a '{ckpt.workload}' model, not "
-                         f"'{cfg.workload}' (mismatching key: workload)")
-    scale = choose_scale(workload_cls, cfg, ckpt)
-    workload = instantiate_workload(workload_cls, _build_config(workload_cls, scale, cfg),
-                                    cfg.user_set())
-    data = workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
-    if ckpt.workload_config is not None:
-        bad = config_mismatches(config_to_dict(workload.config), ckpt.workload_config,
-                                _ignored(cfg))
-        if bad:
-            raise UsageError(f"{cfg.checkpoint} was trained with another {cfg.workload} config "
-                             f"than scale '{scale}' gives here; mismatching keys: "
-                             + "; ".join(bad) + " (pick --scale, or --set KEY=VALUE)")
-    return workload, ckpt, data, scale
-
-
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate a checkpoint; return the record (also written to <out>/record.json).
 
     Usage errors found before the record exists (bad names, a checkpoint of another
     workload or config) raise without one; anything later is recorded, then re-raised.
     """
-    backend = prepare_backend(RunConfig(workload=cfg.workload, backend=cfg.backend, mode=cfg.mode,
-                                        precision=cfg.precision, emulate=cfg.emulate))
-    workload, ckpt, data, scale = prepare_workload(cfg)
+    backend_cls = plugins.get_backend(cfg.backend)  # bad names and flags before any loading
+    backend_cls.validate(cfg.mode or backend_cls.capabilities.default_mode, cfg.precision)
+    workload, ckpt, scale = build_workload(cfg)
+    # The same preparation as `harness run` (core's prepare.py): backend checks, then data.
+    prepared = resolve_run(RunConfig(
+        workload=cfg.workload, backend=cfg.backend, mode=cfg.mode, precision=cfg.precision,
+        scale=scale, data=cfg.data, eval_batch_size=cfg.batch_size, seed=cfg.seed,
+        overrides=cfg.overrides, out=cfg.out, cache_dir=cfg.cache_dir,
+        num_workers=cfg.num_workers, emulate=cfg.emulate), workload=workload)
+    backend = prepared.backend
+    data = prepared.load_data()
+    check_checkpoint_config(cfg, workload, ckpt, scale)
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -216,7 +112,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     write_json_atomic(record_path, record)
     error: BaseException | None = None
     try:
-        _evaluate(cfg, workload, backend, ckpt, data, out_dir, record)
+        setup_run(prepared, load_data=False)
+        _evaluate(cfg, prepared, ckpt, out_dir, record)
         record["status"] = "ok"
     except BaseException as exc:  # noqa: BLE001 - every ending gets a record
         error = exc
@@ -233,27 +130,24 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             record["fallback_ops"] = []
         write_json_atomic(record_path, record)
-        backend.close()
+        prepared.close()
     if error is not None:
         raise error
     return record
 
 
-def _evaluate(cfg: EvalConfig, workload: Workload, backend: Any, ckpt: Checkpoint, data: Any,
-              out_dir: Path, record: dict[str, Any]) -> None:
-    device = backend.setup(0)
-    backend.check_precision(cfg.precision)
+def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir: Path,
+              record: dict[str, Any]) -> None:
+    workload, backend = prepared.workload, prepared.backend
+    device = prepared.device or torch.device("cpu")
     record["env"] = environment(backend.describe())
-    backend.seed(cfg.seed)
     torch_model = workload.build_model()
     load_weights(torch_model, ckpt, cfg.checkpoint)
     torch_model.eval()
     record["model"]["params"] = sum(p.numel() for p in torch_model.parameters())
     wcfg = workload.config
     batch_size = getattr(wcfg, "eval_batch_size", None) or 1
-    loader = torch.utils.data.DataLoader(
-        data.val, batch_size=batch_size, shuffle=False, collate_fn=data.collate,
-        num_workers=getattr(wcfg, "num_workers", 0) or 0)
+    loader = prepared.loader("val")  # the loader a run's final evaluation uses
     if len(loader) == 0:
         raise UsageError("the val split is empty")
     if getattr(backend, "inference_only", False):

@@ -131,7 +131,7 @@ def export_for_checkpoint(workload_name: str, checkpoint: Path, out: Path | None
                           cache_dir: Path | None = None,
                           overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """`harness export`: the checkpoint's model, traced on the first val batch, to ONNX."""
-    from harness.evaluation import EvalConfig, prepare_workload
+    from harness.eval_config import EvalConfig, prepare_workload
     from harness.safe_load import load_weights
 
     require_onnx()

@@ -1,0 +1,141 @@
+"""What `harness eval` / `harness export` evaluate: EvalConfig, and the workload that a
+checkpoint's weights belong to.
+
+The workload config is built as for a run (preset, --batch-size, --set, then what datasets()
+takes from the data) and must agree with the checkpoint's on every field except the run-only
+ones and those the user set on purpose; otherwise the metrics would describe another model.
+Without --scale, the preset closest to the checkpoint's config is taken.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from harness import plugins
+from harness.api import Workload
+from harness.config import WORKLOAD_RUN_FIELDS, apply_overrides, config_to_dict
+from harness.errors import UsageError
+from harness.prepare import DEFAULT_CACHE, check_requirements, instantiate_workload
+from harness.safe_load import Checkpoint, load_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    workload: str
+    checkpoint: Path
+    backend: str = "cpu"
+    mode: str = ""
+    precision: str = "fp32"
+    scale: str | None = None  # None: the preset the checkpoint's config matches
+    data: Path | None = None
+    batch_size: int | None = None  # eval batch size (default: the preset's eval_batch_size)
+    warmup_batches: int | None = None  # None: min(2, batches - 1)
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+    out: Path | None = None
+    cache_dir: Path | None = None
+    num_workers: int | None = None
+    emulate: bool = False
+    onnx: Path | None = None  # inference-only backends: this graph instead of exporting one
+    opset: int | None = None
+    agreement_batches: int = 0  # inference-only backends: batches compared with PyTorch; 0 = all
+    profile: bool = False  # torch.profiler trace + per-component table of the timed batches
+    profile_steps: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in out.items()}
+
+    def user_set(self) -> frozenset[str]:
+        """Workload config fields set on purpose: never compared with the checkpoint's."""
+        keys = {o.split("=", 1)[0].strip().split(".")[0] for o in self.overrides}
+        if self.batch_size is not None:
+            keys.add("eval_batch_size")
+        if self.num_workers is not None:
+            keys.add("num_workers")
+        return frozenset(keys)
+
+
+def _build_config(workload_cls: type[Workload], scale: str, cfg: EvalConfig) -> Any:
+    presets = workload_cls.presets()
+    if scale not in presets:
+        raise UsageError(f"workload {workload_cls.name} has no scale '{scale}' "
+                         f"(valid: {', '.join(presets)})")
+    wcfg = presets[scale]
+    fields = {f.name for f in dataclasses.fields(wcfg)}
+    direct = {"eval_batch_size": cfg.batch_size, "num_workers": cfg.num_workers}
+    wcfg = dataclasses.replace(wcfg, **{k: v for k, v in direct.items()
+                                        if v is not None and k in fields})
+    return apply_overrides(wcfg, cfg.overrides)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def config_mismatches(current: dict[str, Any], saved: dict[str, Any],
+                      ignore: frozenset[str]) -> list[str]:
+    """'key: checkpoint X, here Y' for each compared field that differs. Fields the checkpoint
+    lacks (added to the workload after it was written) cannot be compared and are skipped."""
+    out = []
+    for key in sorted(set(saved) - ignore):
+        mine = _plain(current[key]) if key in current else "<no such field>"
+        if _plain(saved[key]) != mine:
+            out.append(f"{key}: checkpoint {saved[key]!r}, here {mine!r}")
+    return out
+
+
+def _ignored(cfg: EvalConfig) -> frozenset[str]:
+    return frozenset(WORKLOAD_RUN_FIELDS) | cfg.user_set()
+
+
+def choose_scale(workload_cls: type[Workload], cfg: EvalConfig, ckpt: Checkpoint) -> str:
+    """--scale if given; else the preset whose config is closest to the checkpoint's."""
+    presets = list(workload_cls.presets())
+    if cfg.scale is not None or ckpt.workload_config is None:
+        return cfg.scale or presets[0]
+    counts = {s: len(config_mismatches(config_to_dict(_build_config(workload_cls, s, cfg)),
+                                       ckpt.workload_config, _ignored(cfg))) for s in presets}
+    return min(presets, key=lambda s: counts[s])  # ties: the first (smoke) preset
+
+
+def build_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, str]:
+    """The checkpoint (safely loaded) and the workload its weights should belong to (no data
+    yet); a checkpoint of another workload is a usage error."""
+    workload_cls = plugins.get_workload(cfg.workload)
+    check_requirements(workload_cls)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    if ckpt.workload is not None and ckpt.workload != cfg.workload:
+        raise UsageError(f"{cfg.checkpoint} holds a '{ckpt.workload}' model, not "
+                         f"'{cfg.workload}' (mismatching key: workload)")
+    scale = choose_scale(workload_cls, cfg, ckpt)
+    workload = instantiate_workload(workload_cls, _build_config(workload_cls, scale, cfg),
+                                    cfg.user_set())
+    return workload, ckpt, scale
+
+
+def check_checkpoint_config(cfg: EvalConfig, workload: Workload, ckpt: Checkpoint,
+                            scale: str) -> None:
+    """After datasets() (which may take fields from the data): the config must be the
+    checkpoint's, except run-only fields and those set on purpose; else name the keys."""
+    if ckpt.workload_config is None:
+        return
+    bad = config_mismatches(config_to_dict(workload.config), ckpt.workload_config, _ignored(cfg))
+    if bad:
+        raise UsageError(f"{cfg.checkpoint} was trained with another {cfg.workload} config "
+                         f"than scale '{scale}' gives here; mismatching keys: "
+                         + "; ".join(bad) + " (pick --scale, or --set KEY=VALUE)")
+
+
+def prepare_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, Any, str]:
+    """build_workload, its data, and the config check (for `harness export`)."""
+    workload, ckpt, scale = build_workload(cfg)
+    data = workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+    check_checkpoint_config(cfg, workload, ckpt, scale)
+    return workload, ckpt, data, scale
