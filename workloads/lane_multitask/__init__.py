@@ -199,7 +199,6 @@ class LanesWorkload(Workload):
             gt, _ = tusimple.drivable_mask(self.root, frame, self.config.source_size, use_files)
             ious.add(paste_mask(p["mask"], self.config), gt)
         metrics.update(ious.result())
-        metrics["run_time_ms_mean"] = float(np.mean([self.run_time(p) for p in predictions]))
         if self._log_vars is not None:  # the learned task weights exp(-s_t)
             for task, s in zip(TASKS, self._log_vars.tolist()):
                 metrics[f"loss_weight_{task}"] = float(np.exp(-s))

@@ -189,3 +189,14 @@ def test_written_predictions_rescore_to_the_metrics(small_root: Path, tmp_path: 
         assert png.shape == (720, 1280)
         ious.add(png > 0, tusimple.drivable_mask(small_root, frame, (1280, 720))[0])
     assert ious.result()["drivable_IoU_mean"] == pytest.approx(metrics["drivable_IoU_mean"])
+
+
+def test_frame_size_comes_from_the_data_unless_set(small_root: Path) -> None:
+    from harness.errors import DatasetError
+
+    w, _ = _workload(small_root)
+    assert w.config.source_size == (1280, 720) and w.config.drivable_source == "files"
+    wrong = LanesWorkload(dataclasses.replace(LanesConfig.smoke(), source_size=(640, 360)),
+                          frozenset({"source_size"}))
+    with pytest.raises(DatasetError, match=r"20\.jpg: image is 1280x720 but --set source_size=640,360"):
+        wrong.datasets(small_root, small_root.parent)
