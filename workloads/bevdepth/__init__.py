@@ -25,6 +25,7 @@ from workloads.bevdepth.data_config import config_from_data
 from workloads.bevdepth.head import build_targets
 from workloads.bevdepth.loss import depth_loss, detection_losses
 from workloads.bevdepth.model import BEVDepth
+from workloads.bevdepth.multikey import MultiKeyDataset
 from workloads.bevdepth.postprocess import decode
 from workloads.bevdepth.view_transform import MAT_KEYS
 
@@ -109,9 +110,14 @@ class BEVDepthWorkload(Workload):
         self._val_infos = infos["val"]
         self._ground_truth = {"dataroot": str(Path(root).resolve()), "version": version,
                               "eval_set": "mini_val" if version == "v1.0-mini" else "val"}
-        data = Datasets(train=NuScenesDetDataset(infos["train"], root, params, train=True),
-                        val=NuScenesDetDataset(infos["val"], root, params, train=False),
-                        collate=collate_nuscenes, source=source)
+        if self.config.num_keys > 1:
+            keys = self.config.num_keys
+            train = MultiKeyDataset(infos["train"], root, params, train=True, num_keys=keys)
+            val = MultiKeyDataset(infos["val"], root, params, train=False, num_keys=keys)
+        else:
+            train = NuScenesDetDataset(infos["train"], root, params, train=True)
+            val = NuScenesDetDataset(infos["val"], root, params, train=False)
+        data = Datasets(train=train, val=val, collate=collate_nuscenes, source=source)
         data.from_data = from_data  # type: ignore[attr-defined]  # contract 1 field
         return data
 

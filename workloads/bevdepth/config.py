@@ -6,8 +6,9 @@ MLP + SE, 3 BasicBlocks, ASPP, a deformable conv) with d_bound [2, 58, 0.5] (112
 context channels, a 128x128 BEV at 0.8 m, a ResNet-18-style BEV trunk (base 160, strides
 1/2/2) with SECONDFPN (4 x 64 ch), a CenterPoint head over 6 task groups, AdamW with the
 linear-scaled lr (2e-4 per 64 frames), weight decay 1e-7, MultiStepLR x0.1 at epochs 19 and
-23 of 24, grad clip 5, depth loss weight 3.0. Single key frame (the batch format has no
-sweeps), so the BEV has 80 channels, as in the 1-key experiments. The backbone starts from
+23 of 24, grad clip 5, depth loss weight 3.0. Two key frames (`num_keys=2`, the
+published 2-key rows: the previous key frame's BEV, aligned to the current ego, stacked
+with the current one: 160 BEV channels). The backbone starts from
 random weights unless `backbone_weights` names a local torchvision-layout file (the
 original loads torchvision's ImageNet R50, which is not fetched here); the stem is frozen
 (frozen_stages=0) only then.
@@ -56,6 +57,9 @@ class BEVDepthConfig:
     z_bound: tuple[float, float, float] = (-5.0, 3.0, 8.0)
     d_bound: tuple[float, float, float] = (2.0, 58.0, 0.5)
     context_channels: int = 80
+    # Key frames per sample (current + previous ones, BEV features stacked): BEVDepth's
+    # published rows are 2-key (key_idxes=[-1]); smoke keeps 1 (bevdepth/multikey.py).
+    num_keys: int = 2
     # -- image backbone + neck --
     backbone_depth: int = 50
     backbone_base_channels: int = 64
@@ -158,6 +162,7 @@ class BEVDepthConfig:
             y_bound=(-48.0, 48.0, 2.0),
             d_bound=(2.0, 58.0, 2.0),
             context_channels=32,
+            num_keys=1,
             backbone_depth=18,
             backbone_base_channels=32,
             backbone_stage_blocks=(1, 1, 1, 1),

@@ -61,7 +61,7 @@ class SeparateHead(nn.Module):
 class CenterPointHead(nn.Module):
     def __init__(self, cfg: BEVDepthConfig) -> None:
         super().__init__()
-        cin = cfg.context_channels
+        cin = cfg.context_channels * cfg.num_keys  # the key frames' BEV features, stacked
         self.trunk = ResNet(depth=cfg.bev_depth, in_channels=cin,
                             base_channels=cfg.bev_base_channels, num_stages=3, strides=(1, 2, 2),
                             dilations=(1, 1, 1), out_indices=(0, 1, 2),

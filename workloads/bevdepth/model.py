@@ -18,6 +18,7 @@ from torch import nn
 from workloads.bevdepth.config import BEVDepthConfig
 from workloads.bevdepth.head import CenterPointHead
 from workloads.bevdepth.matrixvt import MatrixVTViewTransform
+from workloads.bevdepth.multikey import key_mats
 from workloads.bevdepth.view_transform import LSSViewTransform
 from workloads.layers.deform_conv import DeformConv2dPack
 from workloads.layers.fpn import SECONDFPN
@@ -166,11 +167,25 @@ class BEVDepth(nn.Module):
                                   cfg.depth_use_aspp, cfg.depth_use_dcn)
         self.head = CenterPointHead(cfg)
 
-    def forward(self, imgs: torch.Tensor, mats: Mapping[str, torch.Tensor]
-                ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+    def bev(self, imgs: torch.Tensor, mats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One key frame: imgs (B, N, 3, H, W) -> BEV (B, C, Y, X) and depth logits."""
         feats = self.encoder(imgs.flatten(0, 1))
         depth_logits, context = self.depth_net(feats, mats)
-        depth = depth_logits.softmax(dim=1)
-        bev = self.view_transform(depth, context, mats)
+        return self.view_transform(depth_logits.softmax(dim=1), context, mats), depth_logits
+
+    def forward(self, imgs: torch.Tensor, mats: Mapping[str, torch.Tensor]
+                ) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+        """imgs (B, N, 3, H, W), or (B, K, N, 3, H, W) with K key frames (current first, mats
+        (B, K, N, 4, 4) already in the current key ego: multikey.py). The previous keys' BEV
+        features are computed without gradient and concatenated, as the original."""
+        if imgs.dim() == 5:
+            bev, depth_logits = self.bev(imgs, mats)
+        else:
+            bev, depth_logits = self.bev(imgs[:, 0], key_mats(dict(mats), 0))
+            bevs = [bev]
+            for k in range(1, imgs.shape[1]):
+                with torch.no_grad():
+                    bevs.append(self.bev(imgs[:, k], key_mats(dict(mats), k))[0])
+            bev = torch.cat(bevs, dim=1)
         # The depth loss needs fp32 probabilities (the original notes it collapses otherwise).
         return self.head(bev), depth_logits.float().softmax(dim=1)

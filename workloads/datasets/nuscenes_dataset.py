@@ -241,13 +241,30 @@ class NuScenesDetDataset(torch.utils.data.Dataset):
         out[row[inside][order], col[inside][order]] = depth[inside][order]
         return out
 
+    def camera_image(self, idx: int, info: dict, cam: str, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """One camera, augmented and normalised: (3, fH, fW) image, 4x4 ida, source (w, h).
+        One ida draw from `rng` per call (per camera, as BEVDepth)."""
+        p = self.params
+        img = self._image(self.root / info["cam_infos"][cam]["filename"], idx, cam)
+        w, h = img.size
+        resize, dims, crop, flip, rotate = self._ida(rng, w, h)
+        ida = self._ida_mat(resize, crop, flip, rotate)
+        img = img.resize(dims).crop(crop)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = img.rotate(rotate)
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr[..., ::-1] if p.swap_rb else arr
+        mean, std = np.asarray(p.img_mean, np.float32), np.asarray(p.img_std, np.float32)
+        return ((arr - mean) / std).transpose(2, 0, 1), ida, (w, h)
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         # numpy throughout, one conversion at the end: small torch ops are slow when the
         # intra-op pool competes for busy cores.
         p, info = self.params, self.infos[idx]
         rng = self._rng()
         pts = self._lidar(idx) if p.return_depth else None
-        mean, std = np.asarray(p.img_mean, np.float32), np.asarray(p.img_std, np.float32)
         n = len(p.cams)
         fh, fw = p.final_dim
         imgs = np.empty((n, 3, fh, fw), np.float32)
@@ -255,17 +272,7 @@ class NuScenesDetDataset(torch.utils.data.Dataset):
         depths = np.zeros((n, fh, fw), np.float32)
         for i, cam in enumerate(p.cams):
             ci = info["cam_infos"][cam]
-            img = self._image(self.root / ci["filename"], idx, cam)
-            w, h = img.size
-            resize, dims, crop, flip, rotate = self._ida(rng, w, h)  # one draw per camera, as BEVDepth
-            idas[i] = self._ida_mat(resize, crop, flip, rotate)
-            img = img.resize(dims).crop(crop)
-            if flip:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            img = img.rotate(rotate)
-            arr = np.asarray(img, dtype=np.float32)
-            arr = arr[..., ::-1] if p.swap_rb else arr
-            imgs[i] = ((arr - mean) / std).transpose(2, 0, 1)
+            imgs[i], idas[i], (w, h) = self.camera_image(idx, info, cam, rng)
             # Key frame: the camera's ego is the key ego, so sensor2ego is its calibration.
             s2e[i] = record_matrix(ci["calibrated_sensor"])
             intrins[i] = np.eye(4)
