@@ -1,8 +1,8 @@
 """BEVDepth's multi-key input (`num_keys`, the published "2key" rows: key_idxes=[-1]).
 
 Each item holds the current key frame and the num_keys - 1 key frames before it in the
-same scene (the info list is in scene/sample order; at a scene start the frame repeats
-itself, as BEVDepth's dataset does). Every key of one camera gets the SAME image
+same scene (the converter records each info's previous key frame; at a scene start the
+frame repeats itself, as BEVDepth's dataset does). Every key of one camera gets the SAME image
 augmentation (one ida draw per camera, replayed), and the previous frames' cameras are
 expressed in the CURRENT key ego frame through the global frame:
 
@@ -34,7 +34,12 @@ CAMERA_MATS = ("sensor2ego_mats", "intrin_mats", "ida_mats", "sensor2sensor_mats
 
 
 def previous_key_indices(infos: Sequence[dict]) -> list[int]:
-    """Index of the key frame before each one in the same scene (itself at a scene start)."""
+    """Index of the key frame before each one (itself at a scene start, or where that frame
+    is not in the list): by the converter's `prev_key_sample_token`, else (BEVDepth's own
+    prepared infos) the previous info of the same scene in list order."""
+    if all("prev_key_sample_token" in info for info in infos):
+        index = {info["sample_token"]: i for i, info in enumerate(infos)}
+        return [index.get(info["prev_key_sample_token"], i) for i, info in enumerate(infos)]
     return [i - 1 if i > 0 and infos[i - 1]["scene_token"] == info["scene_token"] else i
             for i, info in enumerate(infos)]
 

@@ -26,7 +26,9 @@ def _cam(ego_xy: tuple[float, float], ego_yaw: float) -> dict:
 
 def test_previous_key_frames_stay_in_their_scene() -> None:
     infos = [{"scene_token": s} for s in ("a", "a", "a", "b", "b")]
-    assert previous_key_indices(infos) == [0, 0, 1, 3, 3]
+    assert previous_key_indices(infos) == [0, 0, 1, 3, 3]  # BEVDepth's prepared infos: list order
+    linked = [dict(sample_token=t, prev_key_sample_token=p) for t, p in (("t2", "t1"), ("t1", ""), ("u1", "x"))]
+    assert previous_key_indices(linked) == [1, 1, 2]  # the converter's links, in any order
 
 
 def test_sweep_camera_in_the_current_ego_frame() -> None:
@@ -103,6 +105,7 @@ def test_two_key_dataset_items(tmp_path_factory: pytest.TempPathFactory) -> None
     torch.testing.assert_close(first["imgs"][1], first["imgs"][0])
     # The val scene of the small DB drives (~1.7 m per key frame); eval: no augmentation.
     ds = MultiKeyDataset(infos["val"], root, params, train=False, num_keys=2)
+    assert infos["val"][2]["prev_key_sample_token"] == infos["val"][1]["sample_token"]
     later = ds[2]
     key_ego = np.array(infos["val"][2]["cam_infos"]["CAM_FRONT"]["ego_pose"]["translation"])
     prev_ego = np.array(infos["val"][1]["cam_infos"]["CAM_FRONT"]["ego_pose"]["translation"])

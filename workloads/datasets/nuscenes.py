@@ -11,8 +11,9 @@ nuscenes_dataset.py). Only key frames are loaded (no sweep axis).
 - `create_infos(root, version)` / `write_infos` / `load_infos` / `load_or_create_infos`:
   BEVDepth's `scripts/gen_info.py` records (sample_token, timestamp, scene_token, cam_infos,
   lidar_infos, cam_sweeps, lidar_sweeps, ann_infos), made through nuscenes-devkit from any
-  nuScenes root, real or synthetic, split by the devkit's own scene lists. Three fields
-  are added to each ann_info: `velocity_valid` (False where the devkit's box_velocity is
+  nuScenes root, real or synthetic, split by the devkit's own scene lists. Each info also
+  names its previous key frame (`prev_key_sample_token`, for the multi-key input). Three
+  fields are added to each ann_info: `velocity_valid` (False where the devkit's box_velocity is
   NaN; `velocity` is then zeros as in BEVDepth), `attribute_names` and, per info,
   `scene_name` -- so the metric can rebuild the devkit's GT from infos alone.
   Sweeps take each sweep's own ego pose and calibration (gen_info.py reuses the key
@@ -179,8 +180,9 @@ def _sample_info(nusc: Any, sample: dict, scene_name: str, attr_names: dict, max
         if ch not in sample["data"]:
             raise DatasetError(f"{nusc.table_root}/sample_data.json: sample {sample['token']} has no "
                                f"key-frame sample_data for channel '{ch}'")
+    # prev_key_sample_token: the previous key frame (multi-key input), "" at a scene start.
     info = dict(sample_token=sample["token"], timestamp=sample["timestamp"], scene_token=sample["scene_token"],
-                scene_name=scene_name)
+                scene_name=scene_name, prev_key_sample_token=sample["prev"])
     info["cam_infos"] = {c: _sd_info(nusc, nusc.get("sample_data", sample["data"][c]), True) for c in CAMERAS}
     info["lidar_infos"] = {"LIDAR_TOP": _sd_info(nusc, nusc.get("sample_data", sample["data"]["LIDAR_TOP"]),
                                                  False)}
