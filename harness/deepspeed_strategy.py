@@ -52,6 +52,7 @@ class DeepSpeedStrategy(Strategy):
         self.config_path = config_path
         self.engine: Any = None
         self._started_dist = False
+        self._env_added: list[str] = []  # launcher variables set here, removed at teardown
 
     # -- setup: process group and accelerator, before any engine exists --
     def setup(self, backend: Backend, run: RunConfig, workload_config: Any = None) -> None:
@@ -67,11 +68,13 @@ class DeepSpeedStrategy(Strategy):
                              f"backend is {backend.name} (DS_ACCELERATOR={accel}); unset it")
         os.environ["DS_ACCELERATOR"] = accel  # read when deepspeed first picks its accelerator
         # A single process has no launcher: without these DeepSpeed goes looking for MPI.
+        # They are removed again at teardown, so a later run (or a child process) does not
+        # inherit this run's rendezvous port.
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                           ("MASTER_ADDR", "127.0.0.1")):
-            os.environ.setdefault(key, value)
-        if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())
+                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "")):
+            if key not in os.environ:
+                os.environ[key] = value or str(_free_port())
+                self._env_added.append(key)
         self.rank = int(os.environ["RANK"])
         self.local_rank = int(os.environ["LOCAL_RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
@@ -169,4 +172,7 @@ class DeepSpeedStrategy(Strategy):
 
         if self._started_dist and dist.is_initialized():
             dist.destroy_process_group()
+        for key in self._env_added:
+            os.environ.pop(key, None)
+        self._env_added = []
 
