@@ -114,8 +114,11 @@ def make_loader(workload: Workload, dataset: Any, collate: Any, *, train: bool, 
     common: dict[str, Any] = dict(
         collate_fn=collate, num_workers=workers, worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
-        persistent_workers=workers > 0 and train,
-        pin_memory=bool(pin_memory_device), pin_memory_device=pin_memory_device)
+        persistent_workers=workers > 0 and train, pin_memory=bool(pin_memory_device))
+    if pin_memory_device and not hasattr(torch, "accelerator"):
+        # torch < 2.6 pins for CUDA unless told the device; later versions pin for the
+        # current accelerator and deprecate the argument.
+        common["pin_memory_device"] = pin_memory_device
     if train:
         batch_sampler = workload.train_batch_sampler(dataset, batch, world_size, rank, seed)
         if batch_sampler is not None:
