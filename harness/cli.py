@@ -106,7 +106,7 @@ def _extra_verbs() -> list[Callable[[Any], None]]:
     adders: list[Callable[[Any], None]] = []
     import importlib
 
-    for name in ("harness.report_cli", "harness.eval_cli"):
+    for name in ("harness.report_cli", "harness.eval_cli", "harness.show"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
