@@ -70,11 +70,12 @@ def load_context(run: Path, n: int = 8, score_thr: float = 0.3) -> ShowContext:
 
 
 def _drawers() -> dict[str, Callable[[ShowContext], Any]]:
-    from harness import show_draw, show_nuscenes, show_openlanev2
+    from harness.show_draw import draw_coco, draw_tusimple
+    from harness.show_nuscenes import draw_nuscenes
+    from harness.show_openlanev2 import draw_openlanev2
 
-    return {"coco-results": show_draw.draw_coco, "tusimple": show_draw.draw_tusimple,
-            "nuscenes-detection": show_nuscenes.draw_nuscenes,
-            "openlanev2-submission": show_openlanev2.draw_openlanev2}
+    return {"coco-results": draw_coco, "tusimple": draw_tusimple,
+            "nuscenes-detection": draw_nuscenes, "openlanev2-submission": draw_openlanev2}
 
 
 def render(ctx: ShowContext, out: Path) -> tuple[Path, int]:

@@ -40,8 +40,8 @@ def _lanes(ax: Any, lanes: list[dict[str, Any]], lclc: np.ndarray, lcte: np.ndar
             ax.plot([mids[i][0], mids[j][0]], [mids[i][1], mids[j][1]], ":", color=TOPOLOGY,
                     linewidth=1)
     for i in range(len(lanes)):
-        linked = np.nonzero(lcte[i])[0] if lcte.size else []
-        if len(linked):
+        linked: list[int] = np.nonzero(lcte[i])[0].tolist() if lcte.size else []
+        if linked:
             ax.text(mids[i][0], mids[i][1], ",".join(f"T{k}" for k in linked), fontsize=6,
                     color=TOPOLOGY)
     ax.set_xlim(-25, 25)
