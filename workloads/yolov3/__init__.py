@@ -77,7 +77,7 @@ class YOLOv3Workload(Workload):
             root, source = Path(data_root), str(data_root)
         transform = None
         if c.train_pipeline == "mmdet":
-            params = PipelineParams(scale_range=c.train_scale_range, flip_prob=c.flip_prob)
+            params = PipelineParams(scale_range=c.scale_range, flip_prob=c.flip_prob)
             transform = functools.partial(mmdet_train_pipeline, p=params)
         train = CocoDetection(root, "train", c.input_size, flip_prob=c.flip_prob, transform=transform)
         val = CocoDetection(root, "val", c.input_size)

@@ -28,7 +28,9 @@ class YOLOv3Config:
     # multi-scale keep-ratio resize over train_scale_range, flip, PhotoMetricDistortion,
     # /255, pad to 32; yolov3/transforms.py); "letterbox": flip + square letterbox only.
     train_pipeline: Literal["mmdet", "letterbox"] = "mmdet"
-    train_scale_range: tuple[int, int] = (320, 608)
+    # () = (320, input_size), as mmdet's configs: yolov3_d53_mstrain-608 trains at 320-608,
+    # mstrain-416 at 320-416, yolov3_d53_320 at 320 only.
+    train_scale_range: tuple[int, ...] = ()
     synth_train_images: int = 320  # synthetic data (used when no --data is given)
     synth_val_images: int = 100
     synth_min_side: int = 96
@@ -61,6 +63,13 @@ class YOLOv3Config:
     def __post_init__(self) -> None:
         if self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32 (the coarsest stride), got {self.input_size}")
+        if self.train_scale_range and len(self.train_scale_range) != 2:
+            raise ValueError(f"train_scale_range must be two sizes (low, high), got {self.train_scale_range}")
+
+    @property
+    def scale_range(self) -> tuple[int, int]:
+        lo, hi = self.train_scale_range or (min(320, self.input_size), self.input_size)
+        return int(lo), int(hi)
 
     @classmethod
     def full(cls) -> YOLOv3Config:
@@ -68,9 +77,9 @@ class YOLOv3Config:
         8 images per device, SGD lr 1e-3 (momentum 0.9, wd 5e-4), linear warmup over
         2000 iterations from 0.1x, x0.1 at epochs 218 and 246 of 273, grad clip 35.
         Training pipeline as mmdet's (train_pipeline="mmdet": Expand, MinIoURandomCrop,
-        multi-scale 320-608 keep-ratio resize, flip, PhotoMetricDistortion, /255). Test input
-        416 by default (mmdet tests the mstrain-608 model at 608; pick 320/416/608 with
-        --set input_size=). mmdet starts from an ImageNet-pretrained
+        multi-scale keep-ratio resize from 320 to the test size, flip, PhotoMetricDistortion,
+        /255), as mmdet's yolov3_d53_{320, mstrain-416, mstrain-608} configs. Input 416 by
+        default; pick 320/416/608 with --set input_size=. mmdet starts from an ImageNet-pretrained
         Darknet-53; here the backbone starts from scratch."""
         return cls()
 

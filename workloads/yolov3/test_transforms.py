@@ -77,3 +77,15 @@ def test_pipeline_output_and_padded_batches(tmp_path: Path) -> None:
     batch = collate([ds[i] for i in range(4)])
     assert batch["images"].dtype == torch.float32 and batch["images"].shape[-1] % 32 == 0
     assert batch["images"].shape[-1] <= 608 + 31
+
+
+def test_full_preset_scale_range_follows_mmdet_configs() -> None:
+    import dataclasses
+
+    from workloads.yolov3.config import YOLOv3Config
+
+    full = YOLOv3Config.full()
+    assert full.train_pipeline == "mmdet" and YOLOv3Config.smoke().train_pipeline == "letterbox"
+    assert full.scale_range == (320, 416)  # yolov3_d53_mstrain-416
+    assert dataclasses.replace(full, input_size=608).scale_range == (320, 608)  # mstrain-608
+    assert dataclasses.replace(full, input_size=320).scale_range == (320, 320)  # yolov3_d53_320
