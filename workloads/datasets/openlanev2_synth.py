@@ -87,7 +87,7 @@ def _segment_scene(rng: np.random.Generator, frames: int) -> dict:
         edges += [(base, base + 1), (base + 1, base + 2)]
         colour = int(rng.choice([1, 2, 3]))
         lights.append({"attribute": colour, "category": 1, "center": _road_point(
-            np.array([stop + 8.0]), off, road)[0] + [0, 0, 4.5], "size": (2.0, 4.0),
+            np.array([stop + 6.0]), off, road)[0] + [0, 0, 4.5], "size": (3.0, 5.0),
             "lanes": [base, base + 1]})
     left = int(np.argmax(offs))
     start = _road_point(np.array([stop]), offs[left], road)[0]
@@ -101,7 +101,7 @@ def _segment_scene(rng: np.random.Generator, frames: int) -> dict:
     lanes.append(np.concatenate([curve, np.full((201, 1), start[2])], 1))
     edges.append((3 * left, len(lanes) - 1))
     right = float(min(offs)) - 0.75 * LANE_W
-    sign = {"attribute": int(rng.integers(4, 13)), "category": 2, "size": (3.0, 3.0),
+    sign = {"attribute": int(rng.integers(4, 13)), "category": 2, "size": (4.0, 4.0),
             "center": _road_point(np.array([stop + 2.0]), right, road)[0] + [0, 0, 3.0],
             "lanes": [3 * k for k in range(n_lanes)]}
     return {"road": road, "lanes": lanes, "edges": edges, "tes": lights + [sign]}

@@ -111,5 +111,5 @@ class OpenLaneV2Config:
                    backbone_stage_blocks=(1, 1, 1, 1), fpn_channels=32, bev_size=(16, 32),
                    cache_images=True, embed_dims=32, num_heads=4, ffn_channels=128,
                    num_lane_queries=30, num_te_queries=10, max_lanes=30, topology_hidden=64,
-                   lr=1e-3, warmup_iters=40, steps=800, batch_size=2, eval_batch_size=4,
+                   lr=1e-3, warmup_iters=40, steps=1200, batch_size=2, eval_batch_size=4,
                    num_workers=0, synthetic_image_scale=0.25)
