@@ -145,18 +145,26 @@ def _signal(pids: Sequence[int], sig: int) -> None:
 
 def run_process_tree(cmd: list[str]) -> int:
     """Run the launcher; forward SIGINT/SIGTERM to it; never leave its workers behind."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
     tree: set[int] = set()
     signalled: list[float] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, frame: Any) -> None:
-        tree.update(descendants(proc.pid))  # the workers, while the launcher still knows them
         signalled.append(time.monotonic())
-        _signal([proc.pid], signum)  # torchrun signals each worker and waits for them
+        if started:
+            tree.update(descendants(started[0].pid))  # the workers, while the launcher knows them
+            _signal([started[0].pid], signum)  # torchrun signals each worker and waits for them
 
+    # Handlers first: a caught signal is reset to its default in the child at exec, so the
+    # launcher (and its workers) react to SIGINT even where this process started with it
+    # ignored (a background job of a non-interactive shell).
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, forward) for s in handled}
     try:
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        started.append(proc)
+        if signalled:  # arrived while starting: pass it on now
+            _signal([proc.pid], signal.SIGTERM)
         while proc.poll() is None:
             if signalled and time.monotonic() - signalled[0] > GRACE_S:
                 tree.update(descendants(proc.pid))

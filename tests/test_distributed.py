@@ -114,10 +114,14 @@ def _processes_mentioning(marker: str) -> list[int]:
 def test_signal_to_the_nproc_parent_ends_the_whole_tree_with_interrupted_records(
         tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "signalled"
+    # Started as a background job of a shell would be, with SIGINT ignored: the parent's own
+    # handler must still catch it, and the launcher and workers must not inherit the ignore.
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) \
+        if sig == signal.SIGINT else None
     parent = subprocess.Popen(
         harness_cmd("run", "tiny", "--nproc", "2", "--steps", "1000000", "--log-interval", "20",
                     "--out", str(out)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_sigint)
     assert parent.stdout is not None
     logged = 0
     for line in parent.stdout:
