@@ -93,3 +93,11 @@ def test_trains_on_a_tusimple_root_without_masks(harness_run: Callable[..., dict
     assert "0 of 12 frames have a mask file" in record["data"]["from_data"]["drivable_source"]
     official = _rescore(record, tmp_path / "run")
     assert record["metrics"]["Accuracy"] == pytest.approx(official["Accuracy"], abs=1e-9)
+
+
+def test_runs_on_the_emulated_npu(harness_run: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    # Device-agnostic workload code: a stray CPU tensor in device math fails here.
+    record = harness_run("lanes", backend="npu", emulate=True, precision="fp32", mode="eager",
+                         steps=2, warmup_steps=0, out=tmp_path / "npu")
+    assert record["status"] == "ok", record.get("error")
+    assert record["emulated"] is True and LANE_METRICS <= set(record["metrics"])
