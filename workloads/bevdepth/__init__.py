@@ -49,9 +49,7 @@ class BEVDepthWorkload(Workload):
     view_transform = "lss"
 
     def __init__(self, config: BEVDepthConfig, user_set: frozenset[str] = frozenset()) -> None:
-        super().__init__(config)
-        # The config fields the user gave explicitly (--set): the data may not override them.
-        self.user_set = frozenset(user_set)
+        super().__init__(config, user_set)  # self.user_set: fields the data may not override
         self._val_infos: list[dict] | None = None
         self._ground_truth: dict[str, str] = {}
 
@@ -117,9 +115,7 @@ class BEVDepthWorkload(Workload):
         else:
             train = NuScenesDetDataset(infos["train"], root, params, train=True)
             val = NuScenesDetDataset(infos["val"], root, params, train=False)
-        data = Datasets(train=train, val=val, collate=collate_nuscenes, source=source)
-        data.from_data = from_data  # type: ignore[attr-defined]  # contract 1 field
-        return data
+        return Datasets(train=train, val=val, collate=collate_nuscenes, source=source, from_data=from_data)
 
     @staticmethod
     def _version_of(root: Path) -> str:

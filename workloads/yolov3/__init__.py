@@ -53,9 +53,7 @@ class YOLOv3Workload(Workload):
     extra = "yolov3"
 
     def __init__(self, config: YOLOv3Config, user_set: frozenset[str] = frozenset()) -> None:
-        super().__init__(config)
-        # The config fields the user gave explicitly (--set): the data may not override them.
-        self.user_set = frozenset(user_set)
+        super().__init__(config, user_set)  # self.user_set: fields the data may not override
         self._val: CocoDetection | None = None
 
     @classmethod
@@ -85,9 +83,7 @@ class YOLOv3Workload(Workload):
             raise DatasetError(f"{val.ann_path}: categories differ from those of {train.ann_path}")
         from_data = self._classes_from(train)
         self._val = val
-        data = Datasets(train=train, val=val, collate=collate, source=source)
-        data.from_data = from_data  # type: ignore[attr-defined]  # contract 1 field
-        return data
+        return Datasets(train=train, val=val, collate=collate, source=source, from_data=from_data)
 
     def _classes_from(self, train: CocoDetection) -> dict[str, str]:
         """num_classes and class_names from the annotation file unless the user set them;
