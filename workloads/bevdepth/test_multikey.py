@@ -115,3 +115,11 @@ def test_two_key_dataset_items(tmp_path_factory: pytest.TempPathFactory) -> None
     np.testing.assert_allclose(moved.numpy(), np.linalg.norm(prev_ego - key_ego), rtol=1e-4)
     assert (later["sensor2ego_mats"][1, :, 0, 3] < later["sensor2ego_mats"][0, :, 0, 3]).all()
     assert tuple(later["depth_labels"].shape) == (6, 64, 176)  # depth: current key only
+
+
+def test_full_presets_key_frames_as_published() -> None:
+    from workloads.bevdepth import BEVDepthWorkload, MatrixVTWorkload
+
+    assert BEVDepthWorkload.presets()["full"].num_keys == 2  # the 2key rows
+    assert MatrixVTWorkload.presets()["full"].num_keys == 1  # MatrixVT's exp: 1 key
+    assert BEVDepthWorkload.presets()["smoke"].num_keys == MatrixVTWorkload.presets()["smoke"].num_keys == 1
