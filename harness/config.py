@@ -43,6 +43,10 @@ class RunConfig:
     deepspeed: str | None = None  # "" = build a config from the run options
     eval: bool = True
     checkpoint: bool = True
+    # Periodic checkpoints every N steps (None: off for smoke, 1000 otherwise; 0: off) and
+    # how many to keep (harness/checkpoint.py).
+    checkpoint_interval: int | None = None
+    keep_checkpoints: int = 2
     # (dest, value) pairs of options that plugins added through harness_addoption.
     plugin_options: tuple[tuple[str, Any], ...] = ()
 

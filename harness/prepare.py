@@ -197,6 +197,9 @@ def setup_run(prepared: PreparedRun, *, load_data: bool = True) -> PreparedRun:
     prepared.device = backend.setup(strategy.local_rank)
     backend.check_precision(cfg.precision)
     backend.seed(cfg.seed + strategy.rank)
+    # Augmentations draw from python's and numpy's generators too: same seed, same run.
+    random.seed(cfg.seed + strategy.rank)
+    np.random.seed((cfg.seed + strategy.rank) % 2**32)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         backend.deterministic()

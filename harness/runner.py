@@ -22,8 +22,10 @@ import torch
 
 from harness import plugins
 from harness.api import Run
+from harness.checkpoint import effective_interval
 from harness.config import RunConfig, config_to_dict
 from harness.errors import Diverged, HarnessError, RunInterrupted
+from harness.oom import OutOfMemory, describe_oom
 from harness.prepare import (  # noqa: F401 - re-exported: the names callers used before
     DEFAULT_CACHE,
     PreparedRun,
@@ -35,6 +37,8 @@ from harness.prepare import (  # noqa: F401 - re-exported: the names callers use
     setup_run,
 )
 from harness.records import SCHEMA, environment, write_json_atomic
+from harness.resume import continued_record as _continued_record
+from harness.resume import resume_checkpoint as _resume_checkpoint
 from harness.strategies import Strategy
 from harness.training import EvalResult, evaluate, train
 
@@ -93,9 +97,17 @@ def _status_for(exc: BaseException) -> str:
         return "diverged"
     if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
         return "interrupted"
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+    if is_oom(exc):
         return "oom"
     return "failed"
+
+
+def is_oom(exc: BaseException) -> bool:
+    """The device's OOM error, or the CPU allocator's ("DefaultCPUAllocator: can't allocate
+    memory"), which torch raises as a plain RuntimeError."""
+    text = str(exc).lower()
+    return (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text
+            or "can't allocate memory" in text)
 
 
 def _describe(exc: BaseException) -> str:
@@ -128,12 +140,15 @@ class _Ending:
             self.fail(exc, where)
 
 
-def execute(config: RunConfig) -> dict[str, Any]:
+def execute(config: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     """Run one workload on one backend; return the record (also written to record.json).
 
     Usage errors found before the run starts raise without a record. Anything after
     that writes the record with its status and then re-raises the first error.
+    `resume`: a run folder whose newest complete checkpoint this run continues from
+    (`config` is then that run's recorded config, see harness/resume.py).
     """
+    resume_state, resume_note = _resume_checkpoint(config, resume)
     prepared = resolve_run(config)
     pm = plugins.get_plugin_manager()
     pm.hook.harness_configure(config=config)
@@ -141,17 +156,22 @@ def execute(config: RunConfig) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(config, prepared.workload, prepared.backend, prepared.strategy, out_dir)
     record = _base_record(run)
+    if resume is not None:
+        record.update(_continued_record(resume, resume_state, resume_note))
     # Only rank 0 owns record.json; other ranks keep theirs beside it for debugging.
     rank = int(os.environ.get("RANK", "0"))
     record_path = out_dir / ("record.json" if rank == 0 else f"record.rank{rank}.json")
     write_json_atomic(record_path, record)
     ending = _Ending(record)
+    progress: dict[str, Any] = {}
     with _sigterm_as_interrupt():
         try:
-            _execute_run(prepared, run, record, pm)
+            _execute_run(prepared, run, record, pm, resume_state, progress)
             record["status"] = "ok"
         except BaseException as exc:  # noqa: BLE001 - every ending gets a record
             ending.fail(exc)
+            if record["status"] == "oom":
+                ending.guard("describing the OOM", lambda: describe_oom(run, record, progress))
         finally:
             ending.guard("finishing the record", lambda: _finish_record(run, record))
             ending.guard("writing the record", lambda: write_json_atomic(record_path, record))
@@ -164,11 +184,15 @@ def execute(config: RunConfig) -> dict[str, Any]:
                 with contextlib.suppress(Exception):
                     write_json_atomic(record_path, record)
     if ending.first is not None:
+        if record["status"] == "oom" and "oom" in record:
+            # An answer, not a traceback: one line with where and what to turn down.
+            raise OutOfMemory(record["error"].splitlines()[0]) from ending.first
         raise ending.first
     return record
 
 
-def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: Any) -> None:
+def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: Any,
+                 resume_state: dict[str, Any] | None, progress: dict[str, Any]) -> None:
     cfg = run.config
     setup_run(prepared, load_data=False)
     record["world_size"] = prepared.strategy.world_size
@@ -187,10 +211,16 @@ def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: An
         run.evals.append(result.row(run.step))
         return result
 
-    train(run, prepared.loader("train"), device, pm.hook, evaluate_now)
+    interval = effective_interval(cfg.checkpoint_interval, cfg.scale)
+    if prepared.strategy.world_size > 1 or cfg.deepspeed is not None:
+        interval = 0  # periodic checkpoints are single-process for now (usage checked in cli)
+    train(run, prepared.loader("train"), device, pm.hook, evaluate_now,
+          resume_state=resume_state, checkpoint_interval=interval,
+          keep_checkpoints=cfg.keep_checkpoints, progress=progress)
     if run.model_info is not None:
         record["model"] = run.model_info
     if cfg.eval and prepared.strategy.is_main:
+        progress["phase"] = "evaluation"
         result = evaluate_now(run.trained_model)
         record["metrics"] = result.metrics
         record["predictions"] = write_predictions(run, result.predictions)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from harness.checkpoint import ResumableBatches, make_timer, save_periodic
 from harness.errors import Diverged, UsageError
 from harness.flops import count_training
-from harness.timing import StepTimer
 
 if TYPE_CHECKING:
     from harness.api import Backend, MemoryStats, Run, Workload
@@ -35,18 +35,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
         moved = [to_device(v, device) for v in obj]
         return type(obj)(moved) if not hasattr(obj, "_fields") else type(obj)(*moved)
     return obj
-
-
-def _batches(loader: DataLoader, run: Run) -> Iterator[Any]:
-    """Endless iteration over epochs; run.epoch follows along."""
-    while True:
-        # DistributedSampler, or a workload's batch sampler that has set_epoch.
-        for sampler in (loader.sampler, loader.batch_sampler):
-            set_epoch = getattr(sampler, "set_epoch", None)
-            if set_epoch is not None:
-                set_epoch(run.epoch)
-        yield from loader
-        run.epoch += 1
 
 
 def total_steps(config: RunConfig, workload_config: Any, steps_per_epoch: int) -> int:
@@ -70,14 +58,23 @@ def _max_memory(a: MemoryStats | None, b: MemoryStats) -> MemoryStats:
 
 
 def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
-          evaluate_now: Callable[[torch.nn.Module], Any]) -> None:
+          evaluate_now: Callable[[torch.nn.Module], Any], *,
+          resume_state: dict[str, Any] | None = None, checkpoint_interval: int = 0,
+          keep_checkpoints: int = 2, progress: dict[str, Any] | None = None) -> None:
     """Train `run.workload` for `run.total_steps` optimizer steps on the batches of `loader`.
 
     `hooks`: the plugin manager's hook relay (harness_run_start, harness_step_end).
     `evaluate_now(model)`: the interval evaluation (--eval-interval), called between steps
     with the timed window paused. Progress, losses, the timer and the trained model are
     left on `run` for the runner and the observers.
+    `resume_state`: a periodic checkpoint to continue from (harness/resume.py);
+    `checkpoint_interval`: write <out>/checkpoints/step_<N>.pt every N steps (0: never),
+    keeping the newest `keep_checkpoints`. `progress`: updated with the current step and
+    phase (forward/backward/optimizer/evaluation), for the record of a failure (OOM).
     """
+    from harness.resume import restore_training, training_state
+
+    progress = progress if progress is not None else {}
     cfg, wl, backend, strategy = run.config, run.workload, run.backend, run.strategy
     if len(loader) == 0:
         raise UsageError(f"training split has fewer samples than one batch "
@@ -85,12 +82,16 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
                          f"lower --batch-size")
     run.steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
     run.total_steps = total_steps(cfg, wl.config, run.steps_per_epoch)
-    batches = _batches(loader, run)
-    first = next(batches)  # also the batch the FLOPs are counted on
-    batches = itertools.chain([first], batches)
-    host_model = wl.build_model()
-    run.model_info = count_training(host_model, wl, to_device(first, device), backend, device,
-                                    cfg.precision)
+    stream = ResumableBatches(loader, run)
+    batches: Iterator[Any] = iter(stream)
+    if resume_state is None:
+        first = next(batches)  # also the batch the FLOPs are counted on
+        batches = itertools.chain([first], batches)
+        host_model = wl.build_model()
+        run.model_info = count_training(host_model, wl, to_device(first, device), backend,
+                                        device, cfg.precision)
+    else:  # the FLOPs were counted by the first segment; no batch is read before the restore
+        host_model = wl.build_model()
     model = host_model.to(device)
     optimizer = wl.build_optimizer(model)
     scheduler = wl.build_scheduler(optimizer, run.total_steps)
@@ -100,16 +101,25 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
     scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
     grad_clip = getattr(wl.config, "grad_clip", None)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
-    warmup = max(0, min(warmup, run.total_steps - 1))
-    run.timer = timer = StepTimer(warmup, backend.synchronize)
     window_memory: MemoryStats | None = None  # peaks of the window before an evaluation
     pending: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+    if resume_state is not None:
+        pending, window_memory = restore_training(resume_state, run, host_model, optimizer,
+                                                  scheduler, scaler, stream, device)
+    start = run.step
+    # A resumed segment repeats the warmup (excluded from the timed steps).
+    warmup = max(0, min(warmup, run.total_steps - start - 1))
+    run.timer = timer = make_timer(start + warmup, warmup, backend.synchronize,
+                                   None if resume_state is None else resume_state["timer"])
+    if resume_state is not None:  # duration_s counts every segment
+        run.started = time.time() - float(resume_state["elapsed_s"])
     hooks.harness_run_start(run=run)
     model.train()
     if warmup == 0:
         backend.reset_peak_memory()
         timer.open_window()
-    for step in range(run.total_steps):
+    for step in range(start, run.total_steps):
+        progress["step"] = step + 1
         data_time = copy_time = 0.0
         samples = 0
         terms_sum: dict[str, torch.Tensor] = {}
@@ -122,9 +132,11 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
             data_time += t1 - t0
             copy_time += time.perf_counter() - t1
             with strategy.micro_step(run_model, last=micro == cfg.grad_accum - 1):
+                progress["phase"] = "forward"
                 with backend.trace("forward"), backend.autocast(cfg.precision):
                     terms = wl.loss(run_model, batch)
                 loss: torch.Tensor = sum(terms.values())  # type: ignore[assignment]
+                progress["phase"] = "backward"
                 with backend.trace("backward"):
                     strategy.backward(loss, scaler)
             backend.after_backward()
@@ -132,6 +144,7 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
             for k, v in terms.items():
                 v = v.detach().float() / cfg.grad_accum
                 terms_sum[k] = terms_sum[k] + v if k in terms_sum else v
+        progress["phase"] = "optimizer"
         with backend.trace("optimizer"):
             grad_norm = strategy.optimizer_step(run_model, optimizer, scaler, grad_clip)
         backend.after_optimizer_step()
@@ -140,15 +153,17 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         run.step = step + 1
         iter_time = timer.end_step(step, samples, data_time, copy_time)
         pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
-        if run.step == warmup and warmup > 0:
+        if run.step == start + warmup and warmup > 0:
             backend.reset_peak_memory()
             timer.open_window()
         last = run.step == run.total_steps
         log_now = run.step % cfg.log_interval == 0 or last
         eval_now = bool(cfg.eval_interval) and run.step % cfg.eval_interval == 0 and not last
-        # Logging reads values (a sync anyway) and evaluation runs the device: both pause the
-        # clock synchronized. The per-step hook only excludes its host time.
-        timer.pause(synchronize=log_now or eval_now)
+        ckpt_now = bool(checkpoint_interval) and run.step % checkpoint_interval == 0 and not last
+        # Logging reads values (a sync anyway), evaluation runs the device and a checkpoint
+        # copies it to the host: they pause the clock synchronized. The per-step hook only
+        # excludes its host time.
+        timer.pause(synchronize=log_now or eval_now or ckpt_now)
         if log_now:
             _log(run, pending, optimizer, iter_time, data_time,
                  scaled=scaler is not None or strategy.scales_loss)
@@ -161,11 +176,19 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
                 window_memory = _max_memory(window_memory, backend.memory())
             # Rank 0 evaluates the unwrapped model (DDP's forward would broadcast buffers from
             # rank 0 alone) while the other ranks wait at a barrier, not in a collective.
+            progress["phase"] = "evaluation"
             strategy.on_main_only(lambda: evaluate_now(strategy.unwrap(run_model)))
             model.train()
             if timer.is_open:
                 backend.synchronize()
                 backend.reset_peak_memory()  # evaluation's peak is not training's
+        if ckpt_now:  # last in the step: the RNG states are those the next step starts from
+            memory_now = _max_memory(window_memory, backend.memory()) if timer.is_open else (
+                window_memory)
+            save_periodic(training_state(run, host_model, optimizer, scheduler, scaler, stream,
+                                         pending, timer, memory_now,
+                                         time.time() - run.started),
+                          run.out_dir, run.step, keep_checkpoints)
         timer.resume()
     timer.close_window()
     run.memory = _max_memory(window_memory, backend.memory())

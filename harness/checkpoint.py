@@ -1,0 +1,259 @@
+"""Periodic training checkpoints that let a run continue exactly where it stopped.
+
+A checkpoint (`<out>/checkpoints/step_<N>.pt`) holds tensors and plain Python values only,
+so `safe_load.safe_torch_load` (weights_only=True) reads it: model, optimizer, scheduler and
+GradScaler state, step/epoch/micro-steps, the data order position (the loader generator's
+state at the start of the current epoch plus the batches consumed in it), every RNG state
+(python, numpy, torch CPU, the device's), the workload's own state when the workload has
+`state_dict()`/`load_state_dict()`, and what the record had so far (losses, evals, the
+timed steps of earlier segments).
+
+Writes are atomic: a unique temp file in the same folder, fsync, rename; the previous
+checkpoint stays until the new one is complete, and a failed write removes its temp file.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from harness.errors import UsageError
+from harness.safe_load import safe_torch_load
+from harness.timing import StepTimer
+
+FORMAT = "perception-harness/train-checkpoint/1"
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+# A `full` run writes a checkpoint this often unless --checkpoint-interval says otherwise.
+DEFAULT_FULL_INTERVAL = 1000
+
+
+def effective_interval(interval: int | None, scale: str) -> int:
+    """--checkpoint-interval, or the default: off for smoke, every 1000 steps otherwise."""
+    if interval is not None:
+        return max(0, interval)
+    return 0 if scale == "smoke" else DEFAULT_FULL_INTERVAL
+
+
+# -- RNG states as tensors and plain values (weights_only=True loads them) --
+def capture_rng(device_type: str) -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gauss": float(cached)},
+        "torch_cpu": torch.get_rng_state(),
+        "device": None,
+    }
+    if device_type != "cpu":
+        # The device's generator through torch's generic device-module API (no vendor import).
+        module = torch.get_device_module(device_type)
+        state["device"] = module.get_rng_state().cpu()
+    return state
+
+
+def restore_rng(state: dict[str, Any], device_type: str) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"],
+                         nps["has_gauss"], nps["cached_gauss"]))
+    torch.set_rng_state(state["torch_cpu"])
+    if device_type != "cpu" and state.get("device") is not None:
+        torch.get_device_module(device_type).set_rng_state(state["device"])
+
+
+class ResumableBatches:
+    """Endless batches over epochs that can restart at the exact batch a checkpoint left off.
+
+    Each epoch's order comes from the loader's generator (the shuffle and the iterator's base
+    seed are drawn from it when the epoch starts) and the sampler's `set_epoch`; so the
+    generator's state at the epoch's start plus the batches consumed identify the position.
+    On resume the epoch is re-created from that state and the consumed batches are read and
+    dropped (this re-reads up to one epoch; exact with in-process loading, --workers 0: loader
+    workers keep their own random streams across epochs, which are not restored). Then
+    `on_position` runs (the RNG restore), before the next batch is read.
+    """
+
+    def __init__(self, loader: Any, run: Any) -> None:
+        self.loader, self.run = loader, run
+        self.in_epoch = 0
+        self.epoch_generator: torch.Tensor | None = None
+        self._resume: dict[str, Any] | None = None
+        self.on_position: Callable[[], None] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.run.epoch, "in_epoch": self.in_epoch,
+                "generator": self.epoch_generator}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = state
+        self.run.epoch = int(state["epoch"])
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            for sampler in (self.loader.sampler, self.loader.batch_sampler):
+                set_epoch = getattr(sampler, "set_epoch", None)
+                if set_epoch is not None:
+                    set_epoch(self.run.epoch)
+            generator = self.loader.generator
+            skip = 0
+            if self._resume is not None:
+                if generator is not None and self._resume["generator"] is not None:
+                    generator.set_state(self._resume["generator"])
+                skip = int(self._resume["in_epoch"])
+                self._resume = None
+            self.epoch_generator = None if generator is None else generator.get_state().clone()
+            self.in_epoch = 0
+            batches = iter(self.loader)
+            for _ in range(skip):
+                next(batches)
+                self.in_epoch += 1
+            if self.on_position is not None:
+                self.on_position()
+                self.on_position = None
+            for batch in batches:
+                self.in_epoch += 1
+                yield batch
+            self.run.epoch += 1
+
+
+class ResumedTimer(StepTimer):
+    """A StepTimer that carries the timed steps of the earlier segments of a resumed run.
+
+    Each segment repeats its warmup (excluded); throughput and percentiles are over the
+    timed steps of all segments, the window seconds their sum.
+    """
+
+    prior_window_s: float = 0.0
+    segment_warmup: int = 0
+    segments: int = 1
+
+    def window_seconds(self) -> float | None:
+        own = super().window_seconds()
+        if own is None:
+            return self.prior_window_s or None
+        return own + self.prior_window_s
+
+    def summary(self, world_size: int) -> dict[str, Any]:
+        out: dict[str, Any] = dict(super().summary(world_size))
+        out["warmup_steps"] = self.segment_warmup
+        out["segments"] = self.segments
+        return out
+
+
+def make_timer(warmup_until: int, warmup: int, synchronize: Callable[[], None],
+               prior: dict[str, Any] | None) -> ResumedTimer:
+    timer = ResumedTimer(warmup_until, synchronize)
+    timer.segment_warmup = warmup
+    if prior:
+        timer.step_times = list(prior["step_times"])
+        timer.data_times = list(prior["data_times"])
+        timer.copy_times = list(prior["copy_times"])
+        timer.samples = int(prior["samples"])
+        timer.prior_window_s = float(prior["window_s"])
+        timer.paused_s = float(prior["paused_s"])
+        timer.segments = int(prior["segments"]) + 1
+    return timer
+
+
+def timer_state(timer: StepTimer) -> dict[str, Any]:
+    """The timed steps so far, for the next segment (only steps before the checkpoint)."""
+    window = 0.0
+    if timer.window_start is not None:
+        end = timer.window_end if timer.window_end is not None else time.perf_counter()
+        paused_now = end - timer._paused_at if timer._paused_at is not None else 0.0
+        window = end - timer.window_start - timer.paused_s - paused_now
+    return {"step_times": list(timer.step_times), "data_times": list(timer.data_times),
+            "copy_times": list(timer.copy_times), "samples": timer.samples,
+            "window_s": window + getattr(timer, "prior_window_s", 0.0),
+            "paused_s": timer.paused_s, "segments": getattr(timer, "segments", 1)}
+
+
+# -- files --
+def checkpoint_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step_<N>.pt, oldest first."""
+    folder = checkpoint_dir(out_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def write_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a unique temp file beside `path`, fsync, rename; no temp left on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a power loss once the folder is synced
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_periodic(state: dict[str, Any], out_dir: Path, step: int, keep: int) -> Path:
+    """Write step_<step>.pt, then drop the oldest beyond `keep` (the new one is complete)."""
+    path = checkpoint_dir(out_dir) / f"step_{step}.pt"
+    write_atomic({"format": FORMAT, **state}, path)
+    for _, old in list_checkpoints(out_dir)[:-max(1, keep)]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+    return path
+
+
+def load_newest(out_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
+    """The newest checkpoint that reads completely; notes say which newer ones were skipped."""
+    notes: list[str] = []
+    for _step, path in reversed(list_checkpoints(out_dir)):
+        try:
+            state = safe_torch_load(path)
+        except UsageError as exc:
+            notes.append(f"skipped {path.name}: {exc}")
+            continue
+        if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+            notes.append(f"skipped {path.name}: not a complete training checkpoint")
+            continue
+        return state, path, notes
+    where = checkpoint_dir(out_dir)
+    raise UsageError(f"--resume {out_dir}: no complete checkpoint in {where}"
+                     + (f" ({'; '.join(notes)})" if notes else
+                        " (the run wrote none: use --checkpoint-interval N)"))
+
+
+def to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj

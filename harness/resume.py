@@ -1,0 +1,188 @@
+"""`harness run --resume DIR`: the recorded config, the newest checkpoint, the training state.
+
+What goes into a periodic checkpoint and how it is put back lives here, so the training
+loop only calls `training_state(...)` at a checkpoint step and `restore_training(...)` once
+after building model, optimizer, scheduler and scaler.
+
+Workloads with state of their own (a temporal memory queue, a running statistic outside the
+model) may define `state_dict() -> dict` (tensors and plain values) and
+`load_state_dict(state)`; the harness stores it in every checkpoint and restores it on resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.api import MemoryStats
+from harness.checkpoint import (
+    ResumableBatches,
+    capture_rng,
+    load_newest,
+    restore_rng,
+    timer_state,
+    to_cpu,
+)
+from harness.config import RunConfig
+from harness.errors import UsageError
+
+# Options that may differ on resume: they do not change what the run computes.
+_MAY_DIFFER = {"checkpoint_interval", "keep_checkpoints", "out"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recorded_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The RunConfig the record in `run_dir` names, and the record itself."""
+    path = Path(run_dir) / "record.json"
+    if not path.is_file():
+        raise UsageError(f"--resume {run_dir}: no record.json there (not a run folder)")
+    try:
+        record = json.loads(path.read_text())
+        saved = dict(record["config"]["run"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume {run_dir}: unreadable record.json ({exc})") from None
+    if record.get("kind", "train") != "train":
+        raise UsageError(f"--resume {run_dir}: the record is a {record.get('kind')} record")
+    if record.get("status") == "ok":
+        last = record.get("throughput", {}).get("optimizer_steps")
+        raise UsageError(f"--resume {run_dir}: that run already finished (status ok"
+                         f"{f' at step {last}' if last is not None else ''}); nothing to resume")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    kwargs: dict[str, Any] = {}
+    for name, value in saved.items():
+        if name not in fields:
+            continue
+        if name in ("data", "out", "cache_dir") and value is not None:
+            value = Path(value)
+        elif name == "overrides":
+            value = tuple(value)
+        elif name == "plugin_options":
+            value = tuple(tuple(item) for item in value)
+        kwargs[name] = value
+    kwargs["out"] = Path(run_dir)
+    return RunConfig(**kwargs), record
+
+
+def resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """The recorded config with the harmless options in `given` applied; options given on
+    the command line that would change the run are refused with the differing keys."""
+    config, record = recorded_config(run_dir)
+    differing = sorted(k for k, v in given.items() if k not in _MAY_DIFFER
+                       and hasattr(config, k) and _plain(getattr(config, k)) != _plain(v))
+    if differing:
+        detail = ", ".join(f"{k}: recorded {_plain(getattr(config, k))!r}, given "
+                           f"{_plain(given[k])!r}" for k in differing)
+        raise UsageError(f"--resume {run_dir}: options differ from the recorded run ({detail}); "
+                         f"a resumed run keeps its config (start a new run to change it)")
+    keep = {k: v for k, v in given.items() if k in _MAY_DIFFER and k != "out"}
+    return dataclasses.replace(config, **keep), record
+
+
+def find_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
+    return load_newest(run_dir)
+
+
+def training_state(run: Any, host_model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                   scaler: Any, batches: ResumableBatches, pending: list, timer: Any,
+                   window_memory: MemoryStats | None, elapsed_s: float) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly after `run.step` (CPU tensors and
+    plain values only)."""
+    wl = run.workload
+    own_state = getattr(wl, "state_dict", None)
+    return {
+        "workload": run.config.workload, "step": run.step, "epoch": run.epoch,
+        "micro_steps": run.micro_steps, "total_steps": run.total_steps,
+        "model": to_cpu(host_model.state_dict()),
+        "optimizer": to_cpu(optimizer.state_dict()),
+        "scheduler": None if scheduler is None else to_cpu(scheduler.state_dict()),
+        "scaler": None if scaler is None else to_cpu(scaler.state_dict()),
+        "data": batches.state_dict(),
+        "rng": capture_rng(run.backend.device_type),
+        "workload_state": to_cpu(own_state()) if callable(own_state) else None,
+        "pending": [{"step": s, "terms": to_cpu(t), "grad_norm": to_cpu(g)}
+                    for s, t, g in pending],
+        "losses": list(run.losses), "evals": list(run.evals),
+        "model_info": run.model_info,
+        "timer": timer_state(timer),
+        "memory": None if window_memory is None else dataclasses.asdict(window_memory),
+        "elapsed_s": elapsed_s,
+    }
+
+
+def restore_training(state: dict[str, Any], run: Any, host_model: torch.nn.Module,
+                     optimizer: Any, scheduler: Any, scaler: Any, batches: ResumableBatches,
+                     device: torch.device) -> tuple[list, MemoryStats | None]:
+    """Put a checkpoint's state back; returns the pending log entries and the memory peaks.
+    The RNG states are restored by `batches` once it has reached the checkpoint's position
+    (reading the consumed batches may draw random numbers)."""
+    if state["total_steps"] != run.total_steps:
+        raise UsageError(f"checkpoint was written for {state['total_steps']} steps, this run "
+                         f"has {run.total_steps}")
+    host_model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    if state.get("workload_state") is not None:
+        loader = getattr(run.workload, "load_state_dict", None)
+        if not callable(loader):
+            raise UsageError(f"checkpoint holds workload state but workload "
+                             f"{run.config.workload} has no load_state_dict()")
+        loader(state["workload_state"])
+    run.step, run.epoch, run.micro_steps = state["step"], state["epoch"], state["micro_steps"]
+    run.losses, run.evals = list(state["losses"]), list(state["evals"])
+    run.model_info = state["model_info"]
+    batches.load_state_dict(state["data"])
+    device_type = run.backend.device_type
+    batches.on_position = lambda: restore_rng(state["rng"], device_type)
+    pending = [(p["step"], {k: v.to(device) for k, v in p["terms"].items()},
+                None if p["grad_norm"] is None else p["grad_norm"].to(device))
+               for p in state["pending"]]
+    memory = None if state.get("memory") is None else MemoryStats(**state["memory"])
+    return pending, memory
+
+
+def resume_checkpoint(config: RunConfig, run_dir: Path | None
+                      ) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint a resumed run starts from, and a line saying which (None: a new run)."""
+    if run_dir is None:
+        return None, ""
+    if config.deepspeed is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--resume: only single-process runs can be resumed for now "
+                         "(DDP and DeepSpeed runs write no periodic checkpoints)")
+    recorded_config(run_dir)  # refuses a finished run
+    state, path, notes = find_checkpoint(run_dir)
+    if state.get("workload") != config.workload:
+        raise UsageError(f"{path}: a checkpoint of workload {state.get('workload')}, "
+                         f"the record says {config.workload}")
+    note = f"resuming {run_dir} from {path.name} (step {state['step']})"
+    if notes:
+        note += "; " + "; ".join(notes)
+    print(f"[harness] {note}", file=sys.stderr, flush=True)
+    return state, note
+
+
+def continued_record(run_dir: Path, state: dict[str, Any] | None, note: str) -> dict[str, Any]:
+    """The fields a resumed run keeps from the record it continues, plus this resumption."""
+    _, old = recorded_config(run_dir)
+    assert state is not None
+    resumed = list(old.get("resumed_from") or [])
+    resumed.append({"step": int(state["step"]),
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "previous_status": old.get("status"), "note": note})
+    return {"started_at": old.get("started_at"), "resumed_from": resumed,
+            "losses": list(state["losses"]), "evals": list(state["evals"])}
