@@ -119,8 +119,9 @@ def focal_head_losses(out: dict, gt_boxes: list[torch.Tensor], gt_labels: list[t
     labels = torch.full((bn, hw), -1, dtype=torch.long, device=dev)
     img_idx, tok_idx, gt_list, c_list = [], [], [], []
     for i in range(bn):
-        rows, cols = _assign_2d(host[i, :, :n], host[i, :, n:n + 4], host[i, :, n + 4:], gt_cxcywh[i].cpu(),
-                                gt_labels[i].cpu(), gt_centre[i].cpu(), scale)
+        rows, cols = _assign_2d(host[i, :, :n], host[i, :, n:n + 4], host[i, :, n + 4:],
+                                gt_cxcywh[i].detach().float().cpu(), gt_labels[i].cpu(),
+                                gt_centre[i].detach().float().cpu(), scale)
         rows_t, cols_t = torch.from_numpy(rows).to(dev), torch.from_numpy(cols).to(dev)
         labels[i, rows_t] = gt_labels[i][cols_t]
         img_idx.append(torch.full_like(rows_t, i))

@@ -128,3 +128,19 @@ def test_nan_grad_norm_stops_the_run_as_diverged(harness_run, monkeypatch, tmp_p
         assert f"{name}=" in message, name
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "diverged" and "grad norm at step" in record["error"]
+
+
+def test_numerical_parity_on_the_emulated_npu(tmp_path, harness_cache) -> None:
+    """Loss and every gradient against float64 and fp32 CPU references (the fp64 side also
+    checks the host matching accepts float64 inputs)."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "harness.cli", "parity", "--numerics", "streampetr", "--backend", "npu",
+            "--emulate", "--steps", "2"]
+    for item in ("synthetic_scenes=2", "synthetic_samples_per_scene=4", "synthetic_image_wh=320,180"):
+        args += ["--set", item]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HARNESS_CACHE": str(harness_cache)})
+    assert proc.returncode == 0 and "result: PASS" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-2000:])
