@@ -84,15 +84,16 @@ def test_trains_on_a_1600x900_root_it_has_never_seen(harness_run, tmp_path) -> N
     assert "1600x900" in record["data"]["from_data"]["ida_resize_lim"]
 
 
-def test_runs_on_the_emulated_npu(tmp_path, harness_cache) -> None:
+@pytest.mark.parametrize("device", [("npu",), ("hpu", "--lazy")], ids=["npu", "hpu-lazy"])
+def test_runs_on_an_emulated_device(tmp_path, harness_cache, device) -> None:
     # A subprocess: the emulated device registers PrivateUse1 once per process, and the
     # autograd engine of a process that already ran backward has no queue for it.
     import subprocess
     import sys
 
-    out = tmp_path / "npu"
+    out = tmp_path / device[0]
     small = ("synthetic_scenes=2", "synthetic_samples_per_scene=4", "synthetic_image_wh=320,180")
-    args = [sys.executable, "-m", "harness.cli", "run", "streampetr", "--backend", "npu", "--emulate",
+    args = [sys.executable, "-m", "harness.cli", "run", "streampetr", "--backend", *device, "--emulate",
             "--steps", "2", "--warmup-steps", "0", "--batch-size", "2", "--out", str(out),
             "--cache-dir", str(harness_cache)]
     for item in small:
