@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -65,6 +66,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _first_sigint_finishes_the_step(progress: dict[str, Any], enabled: bool) -> Iterator[None]:
+    """Ctrl-C once during training: finish the step, write a checkpoint and the record
+    (status interrupted, resumable); twice, or outside the training loop: stop at once.
+    Single-process runs only (DDP ranks stopping at different steps would hang)."""
+    def handler(signum: int, frame: Any) -> None:
+        if progress.get("training") and not progress.get("stop_requested"):
+            progress["stop_requested"] = True
+            print(f"\n[harness] interrupt: finishing step {progress.get('step')}, then writing "
+                  f"a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt
+
+    previous = None
+    if enabled:
+        try:
+            previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            enabled = False
+    try:
+        yield
+    finally:
+        if enabled:
+            signal.signal(signal.SIGINT, previous)
 
 
 def weights_dtype(strategy: Strategy, precision: str) -> str:
@@ -164,7 +191,8 @@ def execute(config: RunConfig, resume: Path | None = None) -> dict[str, Any]:
     write_json_atomic(record_path, record)
     ending = _Ending(record)
     progress: dict[str, Any] = {}
-    with _sigterm_as_interrupt():
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and config.deepspeed is None
+    with _sigterm_as_interrupt(), _first_sigint_finishes_the_step(progress, single):
         try:
             _execute_run(prepared, run, record, pm, resume_state, progress)
             record["status"] = "ok"

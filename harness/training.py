@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.checkpoint import ResumableBatches, make_timer, save_periodic
-from harness.errors import Diverged, UsageError
+from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
     if warmup == 0:
         backend.reset_peak_memory()
         timer.open_window()
+    progress["training"] = True  # a first Ctrl-C now finishes the step (runner.py)
     for step in range(start, run.total_steps):
         progress["step"] = step + 1
         data_time = copy_time = 0.0
@@ -159,7 +160,9 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         last = run.step == run.total_steps
         log_now = run.step % cfg.log_interval == 0 or last
         eval_now = bool(cfg.eval_interval) and run.step % cfg.eval_interval == 0 and not last
-        ckpt_now = bool(checkpoint_interval) and run.step % checkpoint_interval == 0 and not last
+        stop_now = bool(progress.get("stop_requested")) and not last
+        ckpt_now = stop_now or (bool(checkpoint_interval) and run.step % checkpoint_interval == 0
+                                and not last)
         # Logging reads values (a sync anyway), evaluation runs the device and a checkpoint
         # copies it to the host: they pause the clock synchronized. The per-step hook only
         # excludes its host time.
@@ -190,6 +193,10 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
                                          time.time() - run.started),
                           run.out_dir, run.step, keep_checkpoints)
         timer.resume()
+        if stop_now:
+            raise RunInterrupted(f"interrupted: stopped after step {run.step} with a checkpoint; "
+                                 f"continue with: harness run --resume {run.out_dir}")
+    progress["training"] = False
     timer.close_window()
     run.memory = _max_memory(window_memory, backend.memory())
     run.trained_model = strategy.unwrap(run_model)

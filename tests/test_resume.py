@@ -219,3 +219,76 @@ def test_config_dataclass_round_trip() -> None:
     back, _ = recorded_config(folder)
     assert dataclasses.replace(back, out=None) == cfg
     shutil.rmtree(folder)
+
+
+SIGINT_AT = "RESUME_TEST_SIGINT_AT"
+
+
+@hookimpl
+def harness_run_start(run: Any) -> None:
+    # The SIGINT(s) land in the middle of a step's loss, as a user's Ctrl-C would.
+    at = os.environ.get(SIGINT_AT)
+    if at:
+        count = int(os.environ.get("RESUME_TEST_SIGINTS", "1"))
+        original = run.workload.loss
+
+        def loss(model: Any, batch: Any) -> Any:
+            if run.step + 1 == int(at) and not getattr(run, "_sent", False):
+                run._sent = True
+                for _ in range(count):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return original(model, batch)
+
+        run.workload.loss = loss
+
+
+def test_first_ctrl_c_finishes_the_step_with_a_checkpoint(plugins_here: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ["run", "tiny_noisy", "--deterministic", "--steps", "20", "--log-interval", "1"]
+    assert main([*args, "--out", str(whole)]) == 0
+    plugins_here.setenv(SIGINT_AT, "7")
+    assert main([*args, "--out", str(cut)]) != 0
+    plugins_here.delenv(SIGINT_AT)
+    record = _record(cut)
+    assert record["status"] == "interrupted" and "stopped after step 7" in record["error"]
+    assert [r["step"] for r in record["losses"]] == list(range(1, 8))  # step 7 finished
+    assert [p.name for p in (cut / "checkpoints").iterdir()] == ["step_7.pt"]
+    assert main(["run", "--resume", str(cut)]) == 0
+    assert _loss_rows(_record(cut)) == _loss_rows(_record(whole))
+    got, want = _weights(cut), _weights(whole)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_second_ctrl_c_stops_at_once(plugins_here: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    plugins_here.setenv(SIGINT_AT, "7")
+    plugins_here.setenv("RESUME_TEST_SIGINTS", "2")
+    assert main(["run", "tiny_noisy", "--steps", "20", "--log-interval", "1",
+                 "--out", str(out)]) != 0
+    record = _record(out)
+    assert record["status"] == "interrupted"
+    assert [r["step"] for r in record["losses"]] == list(range(1, 7))  # step 7 never finished
+    assert not (out / "checkpoints").exists()
+
+
+def test_yolov3_sigterm_then_resume_is_bit_exact(plugins_here: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """The same on a real workload (yolov3 smoke, few steps on a small synthetic set)."""
+    args = ["run", "yolov3", "--deterministic", "--steps", "6", "--batch-size", "2",
+            "--eval-batch-size", "4", "--log-interval", "1", "--warmup-steps", "1",
+            "--checkpoint-interval", "2", "--set", "synth_train_images=12",
+            "--set", "synth_val_images=4", "--cache-dir", str(tmp_path / "cache")]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*args, "--out", str(whole)]) == 0
+    plugins_here.setenv(KILL_AT, "5")  # checkpoints at 2 and 4; killed after step 5
+    assert main([*args, "--out", str(cut)]) != 0
+    plugins_here.delenv(KILL_AT)
+    assert _record(cut)["status"] == "interrupted"
+    assert main(["run", "--resume", str(cut)]) == 0
+    resumed, expected = _record(cut), _record(whole)
+    assert [r["step"] for r in resumed["resumed_from"]] == [4]
+    assert _loss_rows(resumed) == _loss_rows(expected)
+    assert resumed["metrics"] == expected["metrics"]
+    got, want = _weights(cut), _weights(whole)
+    assert all(torch.equal(got[k], want[k]) for k in want)
