@@ -7,8 +7,8 @@ of warmup and timed steps. The harness side is `harness.runner.execute`: the rec
 `throughput.samples_per_s` over its synchronized timed window, with the window's pauses (log
 points, observer hooks: `paused_s`) counted back in, as the wall time they are. The bare side
 is the loop below, timed the same way: from the end of the warmup to the end of the last step,
-data loading included. Repeats alternate harness and bare so a noisy, shared machine drifts both alike;
-the ratio is median(harness) / median(bare).
+data loading included. Repeats alternate harness and bare (and which goes first) so a noisy,
+shared machine drifts both alike; the ratio is median(harness) / median(bare).
 
     python benchmarks/overhead.py yolov3 --steps 40 --warmup 5 --repeats 5 --json out.json
 
@@ -133,8 +133,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     harness, bare = [], []
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         for i in range(args.repeats):
-            harness.append(harness_samples_per_s(args, Path(tmp) / f"run{i}"))
-            bare.append(bare_samples_per_s(args))
+            # Which side goes first alternates too: the second inherits the first's leftovers
+            # (garbage, allocator state, a warmer page cache).
+            if i % 2:
+                bare.append(bare_samples_per_s(args))
+                harness.append(harness_samples_per_s(args, Path(tmp) / f"run{i}"))
+            else:
+                harness.append(harness_samples_per_s(args, Path(tmp) / f"run{i}"))
+                bare.append(bare_samples_per_s(args))
             print(f"[overhead] repeat {i + 1}/{args.repeats}: harness {harness[-1]:.2f}, "
                   f"bare {bare[-1]:.2f} samples/s", file=sys.stderr)
     h, b = statistics.median(harness), statistics.median(bare)
