@@ -233,6 +233,9 @@ def save_periodic(state: dict[str, Any], out_dir: Path, step: int, keep: int) ->
 def load_newest(out_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
     """The newest checkpoint that reads completely; notes say which newer ones were skipped."""
     notes: list[str] = []
+    folder = checkpoint_dir(out_dir)
+    for stale in folder.glob(".step_*.tmp") if folder.is_dir() else ():
+        stale.unlink(missing_ok=True)  # a write the kill cut short
     for _step, path in reversed(list_checkpoints(out_dir)):
         try:
             state = safe_torch_load(path)

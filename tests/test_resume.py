@@ -292,3 +292,34 @@ def test_yolov3_sigterm_then_resume_is_bit_exact(plugins_here: pytest.MonkeyPatc
     assert resumed["metrics"] == expected["metrics"]
     got, want = _weights(cut), _weights(whole)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_sigkill_then_resume(tmp_path: Path) -> None:
+    """SIGKILL leaves no record update at all (status still `running`): resume still works."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HARNESS_PLUGINS": "tests.tiny_workload,tests.test_resume"}
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "harness.cli", "run", "tiny_noisy", "--deterministic",
+            "--steps", "40", "--checkpoint-interval", "10", "--set", "sleep_s=0.05"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([*args, "--out", str(whole)], env=env, cwd=root, check=True,
+                   capture_output=True)
+    proc = subprocess.Popen([*args, "--out", str(cut)], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / "checkpoints" / "step_20.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert _record(cut)["status"] == "running"
+    subprocess.run([sys.executable, "-m", "harness.cli", "run", "--resume", str(cut)],
+                   env=env, cwd=root, check=True, capture_output=True)
+    resumed = _record(cut)
+    assert resumed["status"] == "ok" and resumed["resumed_from"][0]["step"] >= 20
+    assert resumed["resumed_from"][0]["previous_status"] == "running"
+    assert _loss_rows(resumed) == _loss_rows(_record(whole))
+    got, want = _weights(cut), _weights(whole)
+    assert all(torch.equal(got[k], want[k]) for k in want)
