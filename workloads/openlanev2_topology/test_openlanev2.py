@@ -166,9 +166,9 @@ def test_full_preset_is_the_published_architecture_and_logs_the_seed_loss_names(
     assert model.lc_head.query_embedding.num_embeddings == 50
     assert model.te_head.fc_cls.out_features == 13 and model.te_head.fc_reg.out_features == 4
     assert model.lc_head.fc_reg.out_features == 15
-    batch = _fake_batch(cfg)
+    batch = _fake_batch(cfg, b=1)  # one sample: the BEV encoder attends over 5000 cells
     out = model(batch["imgs"], batch["lidar2img"], batch["front_valid_hw"])
-    assert out["lclc"].shape == (2, 50, 50) and out["lcte"].shape == (2, 50, 30)
+    assert out["lclc"].shape == (1, 50, 50) and out["lcte"].shape == (1, 50, 30)
     terms = baseline_losses(out, batch, cfg)
     assert list(terms) == SEED_LOSS_NAMES
     assert all(torch.isfinite(v) for v in terms.values())
