@@ -16,13 +16,14 @@ def run_tiny(tmp_path: Path, name: str, **kw: object) -> dict:
 
 
 def test_evaluation_is_outside_the_window(tmp_path: Path) -> None:
-    # Steps sleep 80 ms (a step time that CPU contention on a shared machine barely moves);
-    # each evaluation sleeps 2 s.
-    common = dict(steps=30, warmup_steps=3, log_interval=5,
-                  overrides=("sleep_s=0.08", "eval_sleep_s=2"))
+    # Steps sleep 0.5 s, so the step time is the sleep, not CPU contention on a shared machine
+    # (2 cores, many processes: scheduling delays of 0.1-0.2 s per step were seen); each
+    # evaluation sleeps 2 s.
+    common = dict(steps=10, warmup_steps=2, log_interval=5,
+                  overrides=("sleep_s=0.5", "eval_sleep_s=2"))
     plain = run_tiny(tmp_path, "plain", **common)
-    interval = run_tiny(tmp_path, "interval", eval_interval=10, **common)
-    assert [e["step"] for e in interval["evals"]] == [10, 20, 30]
+    interval = run_tiny(tmp_path, "interval", eval_interval=4, **common)
+    assert [e["step"] for e in interval["evals"]] == [4, 8, 10]
     fps_plain = plain["throughput"]["samples_per_s"]
     fps_interval = interval["throughput"]["samples_per_s"]
     assert fps_interval == pytest.approx(fps_plain, rel=0.10)
