@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # How long the other ranks wait while rank 0 evaluates (host-side gloo barrier, so no device
 # collective watchdog fires): a full nuScenes val pass plus the devkit's scoring fits easily.
-MAIN_ONLY_TIMEOUT = timedelta(hours=int(os.environ.get("HARNESS_EVAL_WAIT_HOURS", "6")))
+MAIN_ONLY_TIMEOUT = timedelta(hours=float(os.environ.get("HARNESS_EVAL_WAIT_HOURS") or 6))
 
 
 class Strategy:
