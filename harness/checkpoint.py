@@ -87,12 +87,13 @@ class ResumableBatches:
         self.loader, self.run = loader, run
         self.in_epoch = 0
         self.epoch_generator: torch.Tensor | None = None
+        self.epoch_sampler: Any = None  # a workload sampler's state_dict() at the epoch start
         self._resume: dict[str, Any] | None = None
         self.on_position: Callable[[], None] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.run.epoch, "in_epoch": self.in_epoch,
-                "generator": self.epoch_generator}
+                "generator": self.epoch_generator, "sampler": self.epoch_sampler}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = state
@@ -105,13 +106,20 @@ class ResumableBatches:
                 if set_epoch is not None:
                     set_epoch(self.run.epoch)
             generator = self.loader.generator
+            # A workload's batch sampler with state beyond set_epoch() may expose it.
+            sampler = self.loader.batch_sampler
+            stateful = callable(getattr(sampler, "state_dict", None)) and callable(
+                getattr(sampler, "load_state_dict", None))
             skip = 0
             if self._resume is not None:
                 if generator is not None and self._resume["generator"] is not None:
                     generator.set_state(self._resume["generator"])
+                if stateful and self._resume.get("sampler") is not None:
+                    sampler.load_state_dict(self._resume["sampler"])
                 skip = int(self._resume["in_epoch"])
                 self._resume = None
             self.epoch_generator = None if generator is None else generator.get_state().clone()
+            self.epoch_sampler = to_cpu(sampler.state_dict()) if stateful else None
             self.in_epoch = 0
             batches = iter(self.loader)
             for _ in range(skip):

@@ -29,7 +29,7 @@ from harness.checkpoint import (
     timer_state,
     to_cpu,
 )
-from harness.config import RunConfig
+from harness.config import RunConfig, config_to_dict
 from harness.errors import UsageError
 
 # Options that may differ on resume: they do not change what the run computes.
@@ -104,6 +104,7 @@ def training_state(run: Any, host_model: torch.nn.Module, optimizer: Any, schedu
     own_state = getattr(wl, "state_dict", None)
     return {
         "workload": run.config.workload, "step": run.step, "epoch": run.epoch,
+        "workload_config": config_to_dict(wl.config),  # so `harness eval --checkpoint` reads it
         "micro_steps": run.micro_steps, "total_steps": run.total_steps,
         "model": to_cpu(host_model.state_dict()),
         "optimizer": to_cpu(optimizer.state_dict()),

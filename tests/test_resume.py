@@ -323,3 +323,45 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
     assert _loss_rows(resumed) == _loss_rows(_record(whole))
     got, want = _weights(cut), _weights(whole)
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+class _DriftingSampler:
+    """A workload batch sampler whose order depends on its own state, not only the epoch."""
+
+    def __init__(self) -> None:
+        self.g = torch.Generator().manual_seed(0)
+
+    def __len__(self) -> int:
+        return 4
+
+    def __iter__(self) -> Any:
+        perm = torch.randperm(8, generator=self.g).tolist()
+        for i in range(4):
+            yield perm[2 * i:2 * i + 2]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"g": self.g.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.g.set_state(state["g"])
+
+
+def test_a_stateful_workload_sampler_resumes_at_the_same_batch() -> None:
+    from types import SimpleNamespace
+
+    from harness.checkpoint import ResumableBatches
+
+    def stream() -> tuple[ResumableBatches, Any]:
+        loader = torch.utils.data.DataLoader(torch.arange(8), batch_sampler=_DriftingSampler(),
+                                             generator=torch.Generator().manual_seed(0))
+        batches = ResumableBatches(loader, SimpleNamespace(epoch=0))
+        return batches, iter(batches)
+
+    first, it = stream()
+    seen = [next(it).tolist() for _ in range(6)]  # epoch 1, two batches in
+    state = first.state_dict()
+    expected = [next(it).tolist() for _ in range(5)]
+    second, it2 = stream()
+    second.load_state_dict(state)
+    assert state["epoch"] == 1 and state["in_epoch"] == 2 and seen
+    assert [next(it2).tolist() for _ in range(5)] == expected
