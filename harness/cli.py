@@ -9,11 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from harness.errors import EXIT_FAILED, EXIT_OK, HarnessError, UsageError
 from harness.launch import add_launch_arguments, wants_launcher
+from harness.run_checks import (
+    answer_internal_error,
+    answer_os_error,
+    debug_wanted,
+    validate_run_numbers,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +75,9 @@ def _add_run(sub: Any, with_plugins: bool = False) -> None:
                         "(default: off for smoke, every 1000 steps otherwise; 0: off)")
     p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
                    help="periodic checkpoints kept (newest K; default 2)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out DIR holds a previous run: delete its files first (default: "
+                        "refused)")
     p.add_argument("--resume", type=Path, metavar="DIR",
                    help="continue the run in DIR from its newest complete checkpoint, with "
                         "its recorded config")
@@ -101,6 +111,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     parser = _Parser(prog="harness", description=DESCRIPTION, epilog=EXIT_CODES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="print tracebacks (any position; or HARNESS_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_list(sub)
     _add_run(sub, with_plugins=_verb_of(argv) == "run")
@@ -144,6 +156,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from harness.config import RunConfig
     from harness.runner import execute
 
+    validate_run_numbers(args)
+    if args.overwrite and args.resume is not None:
+        raise UsageError("--overwrite with --resume: a resumed run continues its folder; "
+                         "give one of them")
     if wants_launcher(args) and (args.resume or args.checkpoint_interval):
         raise UsageError("--resume/--checkpoint-interval: single-process runs only for now "
                          "(no periodic checkpoints under --nproc)")
@@ -156,8 +172,6 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.deepspeed is not None and args.checkpoint_interval:
         raise UsageError("--checkpoint-interval: DeepSpeed runs write no periodic checkpoints "
                          "yet")
-    if args.grad_accum < 1:
-        raise UsageError("--grad-accum must be >= 1")
     config = RunConfig(
         workload=args.workload, backend=args.backend, mode=args.mode or "",
         precision=args.precision, scale=args.scale, data=args.data, steps=args.steps,
@@ -169,7 +183,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         deepspeed=args.deepspeed, eval=args.eval, checkpoint=args.checkpoint,
         checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
         plugin_options=tuple((d, getattr(args, d)) for d in args._plugin_dests))
-    record = execute(config)
+    record = execute(config, overwrite=args.overwrite)
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 
 
@@ -197,18 +211,33 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """One error policy: a user-fixable failure is one line and exit 2 (usage, data, paths)
+    or 1 (the run or check failed); anything else says it is a bug and where its traceback
+    went. `--debug` (anywhere) or HARNESS_DEBUG=1 prints the traceback too."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug, parse_argv = debug_wanted(argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        args = build_parser(parse_argv).parse_args(parse_argv)
         if args.func is cmd_run:
             return cmd_run(args, argv)
         return int(args.func(args))
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"harness: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        return answer_os_error(exc)
+    except Exception as exc:  # noqa: BLE001 - the policy's last line: a bug, said as one
+        if debug:
+            traceback.print_exc()
+        return answer_internal_error(exc)
 
 
 if __name__ == "__main__":

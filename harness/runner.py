@@ -12,6 +12,7 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from harness.checkpoint import effective_interval
 from harness.config import RunConfig, config_to_dict
 from harness.errors import Diverged, HarnessError, RunInterrupted
 from harness.oom import OutOfMemory, describe_oom
+from harness.outdir import RecordNotWritten, RecordWriter, claim_run_folder, default_run_folder
 from harness.prepare import (  # noqa: F401 - re-exported: the names callers used before
     DEFAULT_CACHE,
     PreparedRun,
@@ -37,7 +39,7 @@ from harness.prepare import (  # noqa: F401 - re-exported: the names callers use
     resolve_workload_config,
     setup_run,
 )
-from harness.records import SCHEMA, environment, write_json_atomic
+from harness.records import SCHEMA, _umask, environment
 from harness.resume import continued_record as _continued_record
 from harness.resume import resume_checkpoint as _resume_checkpoint
 from harness.strategies import Strategy
@@ -47,8 +49,7 @@ __all__ = ["DEFAULT_CACHE", "Run", "execute", "default_out_dir", "save_checkpoin
 
 
 def default_out_dir(run: RunConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{run.workload}-{run.backend}-{run.precision}-{stamp}"
+    return default_run_folder(run.workload, run.backend, run.precision)
 
 
 @contextmanager
@@ -167,28 +168,39 @@ class _Ending:
             self.fail(exc, where)
 
 
-def execute(config: RunConfig, resume: Path | None = None) -> dict[str, Any]:
+def execute(config: RunConfig, resume: Path | None = None,
+            overwrite: bool = False) -> dict[str, Any]:
     """Run one workload on one backend; return the record (also written to record.json).
 
     Usage errors found before the run starts raise without a record. Anything after
     that writes the record with its status and then re-raises the first error.
     `resume`: a run folder whose newest complete checkpoint this run continues from
     (`config` is then that run's recorded config, see harness/resume.py).
+    `overwrite`: an --out folder holding a previous run is cleared instead of refused.
     """
     resume_state, resume_note = _resume_checkpoint(config, resume)
     prepared = resolve_run(config)
     pm = plugins.get_plugin_manager()
     pm.hook.harness_configure(config=config)
     out_dir = Path(config.out) if config.out else default_out_dir(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = Run(config, prepared.workload, prepared.backend, prepared.strategy, out_dir)
-    record = _base_record(run)
-    if resume is not None:
-        record.update(_continued_record(resume, resume_state, resume_note))
     # Only rank 0 owns record.json; other ranks keep theirs beside it for debugging.
     rank = int(os.environ.get("RANK", "0"))
-    record_path = out_dir / ("record.json" if rank == 0 else f"record.rank{rank}.json")
-    write_json_atomic(record_path, record)
+    folder = claim_run_folder(out_dir, overwrite=overwrite, resume=resume is not None,
+                              main=rank == 0)
+    writer = RecordWriter(out_dir / ("record.json" if rank == 0 else f"record.rank{rank}.json"))
+    try:
+        run = Run(config, prepared.workload, prepared.backend, prepared.strategy, out_dir)
+        record = _base_record(run)
+        if resume is not None:
+            record.update(_continued_record(resume, resume_state, resume_note))
+        writer.write(record)
+        if writer.fallback is not None:  # nothing can be recorded here: do not start
+            record.update(status="failed", error=f"writing the record: {writer.failure}")
+            writer.write(record)
+            raise RecordNotWritten(writer.line())
+    except BaseException:
+        folder.release()
+        raise
     ending = _Ending(record)
     progress: dict[str, Any] = {}
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and config.deepspeed is None
@@ -202,7 +214,7 @@ def execute(config: RunConfig, resume: Path | None = None) -> dict[str, Any]:
                 ending.guard("describing the OOM", lambda: describe_oom(run, record, progress))
         finally:
             ending.guard("finishing the record", lambda: _finish_record(run, record))
-            ending.guard("writing the record", lambda: write_json_atomic(record_path, record))
+            ending.guard("writing the record", lambda: writer.write(record))
             ending.guard("harness_run_end observers",
                          lambda: pm.hook.harness_run_end(run=run, record=record))
             ending.guard("closing the backend", prepared.backend.close)
@@ -210,8 +222,16 @@ def execute(config: RunConfig, resume: Path | None = None) -> dict[str, Any]:
             if ending.first is not None or "later_errors" in record:
                 # A finishing step failed after the write: the record on disk says so too.
                 with contextlib.suppress(Exception):
-                    write_json_atomic(record_path, record)
+                    writer.write(record)
+            folder.release()
+    if writer.fallback is not None:  # the exit code says failed, the line says where it went
+        first = ending.first
+        cause = str(first).splitlines()[0] if first is not None and str(first) else ""
+        if first is not None and not isinstance(first, HarnessError):
+            cause = f"{type(first).__name__}: {cause}"
+        raise RecordNotWritten(writer.line(cause)) from first
     if ending.first is not None:
+        ending.first.harness_record = str(writer.path)  # type: ignore[union-attr]
         if record["status"] == "oom" and "oom" in record:
             # An answer, not a traceback: one line with where and what to turn down.
             raise OutOfMemory(record["error"].splitlines()[0]) from ending.first
@@ -293,9 +313,16 @@ def save_checkpoint(run: Run, path: Path) -> None:
         state["optimizer"] = _to_cpu(run.optimizer.state_dict())
     except Exception:  # noqa: BLE001 - some engines keep optimizer state elsewhere
         pass
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    # A unique temp name (two writers never share one), removed if the save fails.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the weights from the group
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _finish_record(run: Run, record: dict[str, Any]) -> None:

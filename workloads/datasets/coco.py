@@ -13,6 +13,7 @@ import colorsys
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import os
 import shutil
@@ -63,6 +64,9 @@ def load_instances(path: Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: images[{i}].id {image_id} is a duplicate")
         image_ids.add(image_id)
         _need(img, "file_name", f"images[{i}]", path, str)
+    if not image_ids:
+        raise DatasetError(f"{path}: images is empty (an empty split has nothing to train on "
+                           f"or evaluate)")
     cat_ids: set[int] = set()
     for i, cat in enumerate(data["categories"]):
         cat_ids.add(_need(cat, "id", f"categories[{i}]", path, int))
@@ -78,6 +82,8 @@ def load_instances(path: Path) -> dict[str, Any]:
         bbox = _need(ann, "bbox", where, path, list)
         if len(bbox) != 4 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox):
             raise DatasetError(f"{path}: {where}.bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
+        if not all(math.isfinite(v) for v in bbox):  # json reads NaN/Infinity as floats
+            raise DatasetError(f"{path}: {where}.bbox has a non-finite number: {bbox!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise DatasetError(f"{path}: {where}.bbox has a negative width or height: {bbox!r}")
         ann.setdefault("area", float(bbox[2] * bbox[3]))

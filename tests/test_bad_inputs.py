@@ -1,0 +1,368 @@
+"""The bad-input matrix (issue 15): each case is a mistake or fault a careful user can make.
+
+Every case asserts the exit code, that stderr is exactly one line without a traceback, and
+what is on disk afterwards (no torn, lost or silently replaced record). Cases run in-process
+through `harness.cli.main` on the tiny test workload, so the matrix takes seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from harness.cli import main
+from harness.outdir import LOCK_NAME, default_run_folder
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    argv: tuple[str, ...]  # "{out}" is the case's --out folder, "{tmp}" its temp dir
+    code: int
+    says: str  # a piece of the one stderr line ("" for a successful run: no stderr at all)
+    setup: Callable[[Path], None] | None = None
+    after: Callable[[Path], None] | None = None  # asserts on the out folder
+
+
+def _nothing_written(out: Path) -> None:
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
+
+
+def _previous_run(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "record.json").write_text('{"schema": "perception-harness/run-record/1", '
+                                      '"status": "ok", "marker": "previous"}\n')
+    (out / "log.jsonl").write_text('{"marker": "previous"}\n')
+    (out / "checkpoint.pt").write_bytes(b"previous")
+
+
+def _previous_run_untouched(out: Path) -> None:
+    assert json.loads((out / "record.json").read_text())["marker"] == "previous"
+    assert (out / "log.jsonl").read_text() == '{"marker": "previous"}\n'
+    assert (out / "checkpoint.pt").read_bytes() == b"previous"
+    assert not (out / LOCK_NAME).exists()
+
+
+def _replaced_cleanly(out: Path) -> None:
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "ok" and "marker" not in record
+    assert "previous" not in (out / "log.jsonl").read_text()
+    assert (out / "checkpoint.pt").read_bytes() != b"previous"
+    assert not (out / LOCK_NAME).exists()
+
+
+def _held_by_live_run(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / LOCK_NAME).write_text(f"{os.getppid()}\n")  # our parent: alive, not us
+
+
+def _lock_still_held(out: Path) -> None:
+    assert (out / LOCK_NAME).read_text().strip() == str(os.getppid())
+    assert not (out / "record.json").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def _stale_lock(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / LOCK_NAME).write_text(f"{_dead_pid()}\n")
+
+
+def _ok_run(out: Path) -> None:
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "ok"
+    assert not (out / LOCK_NAME).exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def _record_status(status: str) -> Callable[[Path], None]:
+    def check(out: Path) -> None:
+        record = json.loads((out / "record.json").read_text())
+        assert record["status"] == status
+        assert not (out / LOCK_NAME).exists()
+    return check
+
+
+def _a_file(out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("not a folder")
+
+
+def _still_a_file(out: Path) -> None:
+    assert out.read_text() == "not a folder"
+
+
+RUN = ("run", "tiny", "--out", "{out}")
+MATRIX: list[Case] = [
+    # numeric options, refused before anything is touched
+    Case("steps-0", (*RUN, "--steps", "0"), USAGE, "--steps 0: must be >= 1", after=_nothing_written),
+    Case("steps-negative", (*RUN, "--steps", "-1"), USAGE, "--steps -1", after=_nothing_written),
+    Case("steps-not-a-number", (*RUN, "--steps", "abc"), USAGE, "invalid int value",
+         after=_nothing_written),
+    Case("epochs-0", (*RUN, "--epochs", "0"), USAGE, "--epochs 0", after=_nothing_written),
+    Case("epochs-negative", (*RUN, "--epochs", "-2.5"), USAGE, "must be > 0", after=_nothing_written),
+    Case("epochs-nan", (*RUN, "--epochs", "nan"), USAGE, "--epochs nan", after=_nothing_written),
+    Case("steps-and-epochs", (*RUN, "--steps", "2", "--epochs", "1"), USAGE, "not allowed with",
+         after=_nothing_written),
+    Case("batch-size-0", (*RUN, "--batch-size", "0"), USAGE, "--batch-size 0", after=_nothing_written),
+    Case("batch-size-negative", (*RUN, "--batch-size", "-4"), USAGE, "--batch-size -4",
+         after=_nothing_written),
+    Case("eval-batch-size-0", (*RUN, "--eval-batch-size", "0"), USAGE, "--eval-batch-size 0",
+         after=_nothing_written),
+    Case("workers-negative", (*RUN, "--workers", "-1"), USAGE, "--workers -1: must be >= 0",
+         after=_nothing_written),
+    Case("nproc-0", (*RUN, "--nproc", "0"), USAGE, "--nproc 0", after=_nothing_written),
+    Case("nproc-negative", (*RUN, "--nproc", "-3"), USAGE, "--nproc -3", after=_nothing_written),
+    Case("nnodes-0", (*RUN, "--nnodes", "0"), USAGE, "--nnodes 0", after=_nothing_written),
+    Case("grad-accum-0", (*RUN, "--grad-accum", "0"), USAGE, "--grad-accum 0",
+         after=_nothing_written),
+    Case("log-interval-0", (*RUN, "--log-interval", "0"), USAGE, "--log-interval 0",
+         after=_nothing_written),
+    Case("eval-interval-negative", (*RUN, "--eval-interval", "-1"), USAGE, "--eval-interval -1",
+         after=_nothing_written),
+    Case("warmup-steps-negative", (*RUN, "--warmup-steps", "-5"), USAGE, "--warmup-steps -5",
+         after=_nothing_written),
+    Case("checkpoint-interval-negative", (*RUN, "--checkpoint-interval", "-1"), USAGE,
+         "--checkpoint-interval -1", after=_nothing_written),
+    Case("keep-checkpoints-0", (*RUN, "--keep-checkpoints", "0"), USAGE, "--keep-checkpoints 0",
+         after=_nothing_written),
+    Case("seed-negative", (*RUN, "--seed", "-1"), USAGE, "--seed -1: must be in 0..4294967295",
+         after=_nothing_written),
+    Case("seed-too-large", (*RUN, "--seed", str(2**32)), USAGE, "--seed 4294967296",
+         after=_nothing_written),
+    # names and options
+    Case("unknown-workload", ("run", "nosuch", "--out", "{out}"), USAGE, "valid:",
+         after=_nothing_written),
+    Case("no-workload", ("run", "--out", "{out}"), USAGE, "a WORKLOAD is needed",
+         after=_nothing_written),
+    Case("unknown-backend", (*RUN, "--backend", "nosuch"), USAGE, "valid: cpu",
+         after=_nothing_written),
+    Case("unknown-scale", (*RUN, "--scale", "huge"), USAGE, "no scale 'huge'",
+         after=_nothing_written),
+    Case("unknown-set-field", (*RUN, "--set", "nosuch=1"), USAGE, "nosuch", after=_nothing_written),
+    Case("set-bad-value", (*RUN, "--set", "lr=abc"), USAGE, "--set lr=abc", after=_nothing_written),
+    Case("unknown-flag", (*RUN, "--bogus-flag"), USAGE, "--bogus-flag", after=_nothing_written),
+    Case("lazy-on-cpu", (*RUN, "--lazy"), USAGE, "lazy", after=_nothing_written),
+    Case("fp16-on-cpu", (*RUN, "--precision", "fp16"), USAGE, "fp16", after=_nothing_written),
+    Case("bad-precision", (*RUN, "--precision", "fp8"), USAGE, "invalid choice",
+         after=_nothing_written),
+    Case("unknown-verb", ("nosuch",), USAGE, "invalid choice"),
+    Case("overwrite-with-resume", (*RUN, "--overwrite", "--resume", "{out}"), USAGE,
+         "--overwrite with --resume", setup=_previous_run, after=_previous_run_untouched),
+    Case("resume-not-a-run", ("run", "--resume", "{out}"), USAGE, "no record.json",
+         after=_nothing_written),
+    # output folders
+    Case("out-is-a-file", (*RUN, "--steps", "1"), USAGE, "is a file, not a folder",
+         setup=_a_file, after=_still_a_file),
+    Case("out-under-a-file", ("run", "tiny", "--steps", "1", "--out", "{tmp}/file/run"), USAGE,
+         "Not a directory", setup=lambda out: (out.parent / "file").write_text("x")),
+    Case("out-holds-a-run", (*RUN, "--steps", "1"), USAGE, "already holds a run",
+         setup=_previous_run, after=_previous_run_untouched),
+    Case("out-in-use", (*RUN, "--steps", "1"), USAGE, "in use by another run",
+         setup=_held_by_live_run, after=_lock_still_held),
+    Case("out-stale-lock-is-taken", (*RUN, "--steps", "2", "--no-eval"), OK, "",
+         setup=_stale_lock, after=_ok_run),
+    Case("overwrite-replaces-cleanly", (*RUN, "--steps", "2", "--overwrite"), OK, "",
+         setup=_previous_run, after=_replaced_cleanly),
+    # inputs of the other verbs
+    Case("check-no-record", ("check", "{out}"), USAGE, "no run record"),
+    Case("check-torn-record", ("check", "{out}"), USAGE, "not valid JSON",
+         setup=lambda out: (out.mkdir(), (out / "record.json").write_text('{"schema": '))),
+    Case("eval-no-checkpoint", ("eval", "tiny", "--checkpoint", "{out}/none.pt"), USAGE,
+         "no checkpoint"),
+    # runs that fail: exit 1, the record says why
+    Case("diverged", (*RUN, "--steps", "20", "--set", "nan_at_step=3", "--no-eval"), FAILED,
+         "non-finite loss at step 3", after=_record_status("diverged")),
+]
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[c.name for c in MATRIX])
+def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a default run folder would land here, not in the repo
+    monkeypatch.delenv("HARNESS_DEBUG", raising=False)
+    out = tmp_path / "out"
+    if case.setup is not None:
+        case.setup(out)
+    argv = [a.replace("{out}", str(out)).replace("{tmp}", str(tmp_path)) for a in case.argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if case.says:
+        assert len(lines) == 1, lines
+        assert case.says in lines[0], lines[0]
+    else:
+        assert lines == []
+    if case.after is not None:
+        case.after(out)
+    assert not (tmp_path / "runs").exists() or case.code == OK
+
+
+def _fail_writes_into(monkeypatch: pytest.MonkeyPatch, folder: Path, module: Any,
+                      name: str) -> None:
+    """Writes into `folder` through `module.name` raise ENOSPC, as on a full disk."""
+    real = getattr(module, name)
+
+    def full_disk(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).resolve().parent == folder.resolve():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, full_disk)
+
+
+def test_record_that_cannot_be_written_goes_to_the_temp_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import outdir
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    _fail_writes_into(monkeypatch, out, outdir, "write_json_atomic")
+    assert main(["run", "tiny", "--steps", "2", "--out", str(out)]) == FAILED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert "No space left on device" in lines[0]
+    fallback = Path(lines[0].rsplit("it is at ", 1)[1])
+    assert fallback.parent == tmp_path / "tmp"
+    record = json.loads(fallback.read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
+    assert not (out / "record.json").exists()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_full_disk_at_the_checkpoint_fails_the_run_with_a_record_and_no_temp_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness import runner
+
+    out = tmp_path / "out"
+    real_save = runner.torch.save
+
+    def full_disk(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        Path(f).write_bytes(b"torn")  # part written, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+    monkeypatch.setattr(runner.torch, "save", full_disk)
+    try:
+        code = main(["run", "tiny", "--steps", "2", "--no-eval", "--out", str(out)])
+    finally:
+        monkeypatch.setattr(runner.torch, "save", real_save)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == FAILED
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    assert f"record: {out / 'record.json'}" in lines[0]
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "record.json"]
+
+
+def test_internal_error_says_bug_and_where_the_traceback_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.cli
+
+    def broken(args: Any) -> int:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(harness.cli, "cmd_list", broken)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.delenv("HARNESS_DEBUG", raising=False)
+    assert main(["list"]) == FAILED
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "this is a bug" in lines[0] and "KeyError" in lines[0], lines
+    written = Path(lines[0].split("full traceback in ")[1].split(" ")[0])
+    assert written.parent == tmp_path and "Traceback" in written.read_text()
+
+
+@pytest.mark.parametrize("how", ["flag-before-verb", "flag-after-verb", "env"])
+def test_debug_prints_the_traceback(how: str, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARNESS_DEBUG", raising=False)
+    argv = ["run", "tiny", "--steps", "0"]
+    if how == "flag-before-verb":
+        argv.insert(0, "--debug")
+    elif how == "flag-after-verb":
+        argv.append("--debug")
+    else:
+        monkeypatch.setenv("HARNESS_DEBUG", "1")
+    assert main(argv) == USAGE
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("--steps 0: must be >= 1")
+
+
+def test_default_run_folders_differ_within_one_second() -> None:
+    names = {default_run_folder("tiny", "cpu", "fp32") for _ in range(50)}
+    assert len(names) == 50
+
+
+@pytest.mark.slow  # two harness processes: ~50 s on the loaded 2-core CI machine
+def test_second_concurrent_run_into_one_folder_fails_fast(tmp_path: Path) -> None:
+    """A real second process: the first holds the folder while it trains."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "tiny", "--steps", "400", "--set",
+           "sleep_s=0.01", "--no-eval", "--log-interval", "1", "--out", str(out)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        for line in first.stdout:  # training has started: the folder is claimed
+            if line.startswith("Epoch 0, iter 2/"):
+                break
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        first.terminate()
+        first.communicate(timeout=120)
+    lines = second.stderr.splitlines()
+    assert second.returncode == USAGE, second.stderr
+    assert len(lines) == 1 and f"pid {first.pid}" in lines[0], lines
+    assert json.loads((out / "record.json").read_text())["status"] == "interrupted"
+    assert not (out / LOCK_NAME).exists()
+
+
+def _coco(tmp_path: Path, images: list[Any], bbox: list[Any]) -> Path:
+    path = tmp_path / "instances_train2017.json"
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}] if images else []
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "car"}]}))
+    return path
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_coco_non_finite_bbox_is_a_dataset_error(bad: str, tmp_path: Path) -> None:
+    from harness.errors import DatasetError
+    from workloads.datasets.coco import load_instances
+
+    image = [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8}]
+    path = _coco(tmp_path, image, [1.0, 2.0, 3.0, 4.0])
+    path.write_text(path.read_text().replace("3.0", bad))  # json.dumps cannot write them
+    with pytest.raises(DatasetError, match=r"annotations\[0\]\.bbox has a non-finite") as info:
+        load_instances(path)
+    assert str(path) in str(info.value)
+
+
+def test_coco_empty_split_is_a_dataset_error(tmp_path: Path) -> None:
+    from harness.errors import DatasetError
+    from workloads.datasets.coco import load_instances
+
+    path = _coco(tmp_path, [], [])
+    with pytest.raises(DatasetError, match="images is empty") as info:
+        load_instances(path)
+    assert str(path) in str(info.value)
