@@ -12,6 +12,7 @@ record that is written somewhere even when the folder cannot take it.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -161,6 +162,10 @@ class RecordWriter:
                                             suffix=".json")
                 os.close(fd)
                 self.fallback = Path(name)
+                # An earlier version there (status "running") would now lie: the line
+                # printed at the end points at the fallback instead.
+                with contextlib.suppress(OSError):
+                    self.path.unlink(missing_ok=True)
                 record["record_error"] = f"record.json could not be written: {self.failure}"
         write_json_atomic(self.fallback, record)
 

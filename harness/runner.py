@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -320,8 +322,11 @@ def save_checkpoint(run: Run, path: Path) -> None:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError) and shutil.disk_usage(path.parent).free < 2**20:
+            # torch's zip writer reports a full disk as "unexpected pos ..."; say what it is.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
 
 

@@ -366,3 +366,57 @@ def test_coco_empty_split_is_a_dataset_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="images is empty") as info:
         load_instances(path)
     assert str(path) in str(info.value)
+
+
+def test_record_that_fails_at_the_end_leaves_no_stale_running_record(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start record was written, the final one cannot be: the folder must not keep the
+    stale `running` record; the finished one is at the printed path, exit 1."""
+    from harness import outdir
+
+    out = tmp_path / "out"
+    real = outdir.write_json_atomic
+    calls: list[Path] = []
+
+    def full_after_first(path: Path, data: Any) -> None:
+        calls.append(path)
+        if len(calls) > 1 and Path(path).parent == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    monkeypatch.setattr(outdir, "write_json_atomic", full_after_first)
+    assert main(["run", "tiny", "--steps", "2", "--no-eval", "--out", str(out)]) == FAILED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    record = json.loads(Path(lines[0].rsplit("it is at ", 1)[1]).read_text())
+    assert record["status"] == "ok" and record["throughput"]["optimizer_steps"] == 2
+    assert "No space left" in record["record_error"]
+    assert not (out / "record.json").exists() and not (out / LOCK_NAME).exists()
+
+
+def test_torch_save_on_a_full_disk_is_reported_as_no_space(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from harness import runner
+
+    def torch_zip_writer_on_full_disk(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        Path(f).write_bytes(b"torn")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536")
+
+    monkeypatch.setattr(runner.torch, "save", torch_zip_writer_on_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(200, 200, 0))
+
+    class FakeRun:
+        trained_model = runner.torch.nn.Linear(1, 1)
+        step = 1
+        optimizer = None
+        config = type("C", (), {"workload": "tiny"})()
+        workload = type("W", (), {"config": None})()
+
+    monkeypatch.setattr(runner, "config_to_dict", lambda c: {})
+    with pytest.raises(OSError) as info:
+        runner.save_checkpoint(FakeRun(), tmp_path / "checkpoint.pt")  # type: ignore[arg-type]
+    assert info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
