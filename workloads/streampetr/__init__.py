@@ -94,7 +94,8 @@ class StreamPETRWorkload(Workload):
         params = StreamDataParams(
             final_dim=c.image_size, resize_lim=c.ida_resize_lim, bot_pct_lim=c.ida_bot_pct_lim,
             rand_flip=c.ida_rand_flip, rot_range=c.bda_rot_range, scale_ratio_range=c.bda_scale_range,
-            cams=c.cams, classes=c.class_names, seq_split_num=c.seq_split_num)
+            cams=c.cams, classes=c.class_names, seq_split_num=c.seq_split_num,
+            gt_bev_range=(c.pc_range[0], c.pc_range[1], c.pc_range[3], c.pc_range[4]))
         self._val_infos = infos["val"]
         self._ground_truth = {"dataroot": str(Path(root).resolve()), "version": version,
                               "eval_set": EVAL_SET[version]}

@@ -48,6 +48,11 @@ class StreamDataParams:
     cams: tuple[str, ...] = STREAMPETR_CAMS
     classes: tuple[str, ...] = CLASSES
     seq_split_num: int = 2
+    # Training GT kept inside this BEV box (x_min, y_min, x_max, y_max), StreamPETR's
+    # ObjectRangeFilter over pc_range: a centre outside pc_range cannot be predicted (the
+    # head's centres are a sigmoid over pc_range), so it would only add an unreachable
+    # L1 target and pull matched queries to the border. None: keep every box.
+    gt_bev_range: tuple[float, float, float, float] | None = None
     img_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     img_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
@@ -151,6 +156,10 @@ class StreamPETRDataset(torch.utils.data.Dataset):
         lidar2img = intrinsics @ lidar2cam
         ego_pose = np.asarray(info["lidar2global"], np.float64)
         boxes, labels = self._gt(info)
+        if self.train and p.gt_bev_range is not None:  # before the BEV augmentation, as the original
+            x0, y0, x1, y1 = p.gt_bev_range
+            inside = (boxes[:, 0] > x0) & (boxes[:, 1] > y0) & (boxes[:, 0] < x1) & (boxes[:, 1] < y1)
+            boxes, labels = boxes[inside], labels[inside]
         bev = np.eye(4)
         if self.train:  # GlobalRotScaleTransImage
             angle, scale = rng.uniform(*p.rot_range), rng.uniform(*p.scale_ratio_range)
