@@ -386,6 +386,8 @@ def test_record_that_fails_at_the_end_leaves_no_stale_running_record(
         real(path, data)
 
     monkeypatch.setattr(outdir, "write_json_atomic", full_after_first)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the fallback record lands here, not in /tmp
+    monkeypatch.setattr("tempfile.tempdir", None)
     assert main(["run", "tiny", "--steps", "2", "--no-eval", "--out", str(out)]) == FAILED
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "No space left on device" in lines[0], lines
