@@ -19,13 +19,26 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def eta(run: Run, step: int) -> timedelta:
+    """Remaining steps x the median timed step once the window has steps (warmup, graph
+    compilation and data writing would inflate a mean over the elapsed time many-fold),
+    else the elapsed time per step so far."""
+    remaining = max(run.total_steps - step, 0)
+    timed = sorted(run.timer.step_times) if run.timer is not None else []
+    if timed:
+        per_step = timed[len(timed) // 2]
+    else:
+        per_step = (time.time() - run.started) / max(step, 1)
+    return timedelta(seconds=int(per_step * remaining))
+
+
 def format_line(run: Run, row: dict[str, Any]) -> str:
-    """`Epoch 0, iter 174/5619, eta 0:12:06, iter_time 0.37s, loss 5.229, loss_cls 0.127 ...`"""
-    elapsed = time.time() - run.started
-    done = max(row["step"], 1)
-    eta = timedelta(seconds=int(elapsed / done * (run.total_steps - row["step"])))
+    """`Epoch 0, iter 174/5619, eta 0:12:06, iter_time 0.37s, loss 5.229, loss_cls 0.127 ...`
+
+    iter_time and data_time are means over the steps since the previous line."""
+    eta_left = eta(run, row["step"])
     skip = {"step", "epoch", "iter_time", "data_time"}
-    parts = [f"Epoch {row['epoch']}", f"iter {row['step']}/{run.total_steps}", f"eta {eta}",
+    parts = [f"Epoch {row['epoch']}", f"iter {row['step']}/{run.total_steps}", f"eta {eta_left}",
              f"iter_time {row['iter_time']:.3f}s", f"data_time {row['data_time']:.3f}s"]
     parts += [f"{k} {_fmt(v)}" for k, v in row.items() if k not in skip]
     return ", ".join(parts)
@@ -44,16 +57,15 @@ def format_seed_line(run: Run, row: dict[str, Any]) -> str:
     `Epoch 0, idx 349 / 11239, iter 174 / 5619, bs 2 *acc 2: 4, eta 2 days, 9:12:06,
     iter_time 0:00:37, loss 5.2290, lc_loss_cls 0.1268, ...`: idx counts micro-batches and iter
     optimizer steps, both 0-based within the epoch, as the seed's loop does."""
-    elapsed = time.time() - run.started
     step, acc = row["step"], run.config.grad_accum
     per_epoch = max(run.steps_per_epoch, 1)
-    eta = timedelta(seconds=int(elapsed / max(step, 1) * (run.total_steps - step)))
+    eta_left = eta(run, step)
     bs = int(getattr(run.workload.config, "batch_size", 1) or 1)
     world = run.strategy.world_size
     batch = f"bs {bs} *acc {acc}" + (f" *world {world}" if world > 1 else "")
     parts = [f"Epoch {row['epoch']}", f"idx {(step * acc - 1) % (per_epoch * acc)} / "
              f"{per_epoch * acc}", f"iter {(step - 1) % per_epoch} / {per_epoch}",
-             f"{batch}: {bs * acc * world}", f"eta {eta}", f"iter_time {_clock(row['iter_time'])}",
+             f"{batch}: {bs * acc * world}", f"eta {eta_left}", f"iter_time {_clock(row['iter_time'])}",
              f"loss {row['loss']:.4f}"]
     skip = {"step", "epoch", "iter_time", "data_time", "loss"}
     parts += [f"{k} {_fmt(v)}" for k, v in row.items() if k not in skip]
@@ -116,6 +128,8 @@ class ConsoleObserver:
         print(f"[harness] status {record['status']}"
               + (f", {fps:.2f} samples/s" if fps else "")
               + (f", peak memory {mem / 2**20:.0f} MiB" if mem else "")
+              + (" (emulated device: speed and memory not meaningful)"
+                 if run.backend.emulated and (fps or mem) else "")
               + f", {record['duration_s']:.0f}s, record {run.out_dir / 'record.json'}",
               flush=True)
 

@@ -44,7 +44,9 @@ class StepTimer:
     window_start: float | None = None
     window_end: float | None = None
     paused_s: float = 0.0
-    _last: float = 0.0
+    # Starts when the timer is made (just before the first step), so the first step's
+    # iter_time is that step's, not the time since the perf_counter epoch.
+    _last: float = field(default_factory=time.perf_counter)
     _paused_at: float | None = None
 
     @property

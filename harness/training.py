@@ -119,6 +119,7 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         backend.reset_peak_memory()
         timer.open_window()
     progress["training"] = True  # a first Ctrl-C now finishes the step (runner.py)
+    interval_times: list[tuple[float, float]] = []  # (iter, data) seconds since the last log
     for step in range(start, run.total_steps):
         progress["step"] = step + 1
         data_time = copy_time = 0.0
@@ -153,6 +154,7 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
             scheduler.step()
         run.step = step + 1
         iter_time = timer.end_step(step, samples, data_time, copy_time)
+        interval_times.append((iter_time, data_time))
         pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
         if run.step == start + warmup and warmup > 0:
             backend.reset_peak_memory()
@@ -167,10 +169,13 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         # copies it to the host: they pause the clock synchronized. The per-step hook only
         # excludes its host time.
         timer.pause(synchronize=log_now or eval_now or ckpt_now)
-        if log_now:
-            _log(run, pending, optimizer, iter_time, data_time,
+        if log_now:  # the console shows the interval's means, as the README says
+            _log(run, pending, optimizer,
+                 sum(t for t, _ in interval_times) / len(interval_times),
+                 sum(d for _, d in interval_times) / len(interval_times),
                  scaled=scaler is not None or strategy.scales_loss)
             pending = []
+            interval_times = []
         else:
             run.last_log = None
         hooks.harness_step_end(run=run, step=run.step)

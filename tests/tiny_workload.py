@@ -2,7 +2,8 @@
 
 Knobs (via --set) exercise the runner: `nan_at_step` makes the loss NaN from that step,
 `nan_grad_at_step` makes the gradients NaN (finite loss) from that step, `extra_work` adds
-matmuls per step (a real slowdown for gating tests), `sleep_s` stalls each loss,
+matmuls per step (a real slowdown for gating tests), `sleep_s` stalls each loss
+(every `sleep_every`-th only, for uneven steps),
 `eval_sleep_s` each evaluation, `load_sleep_s` each batch's collation (the loader) and
 `copy_sleep_s` each batch's host->device copy.
 """
@@ -35,6 +36,7 @@ class TinyConfig:
     eval_sleep_s: float = 0.0
     load_sleep_s: float = 0.0
     copy_sleep_s: float = 0.0
+    sleep_every: int = 1  # sleep_s stalls every Nth loss only (uneven steps)
 
 
 def _blobs(n: int, cfg: TinyConfig, seed: int) -> torch.utils.data.TensorDataset:
@@ -101,7 +103,7 @@ class TinyWorkload(Workload):
         x, y = batch
         for _ in range(self.config.extra_work):
             x = x + 0.0 * (torch.randn(256, 256) @ torch.randn(256, 256)).mean()
-        if self.config.sleep_s:
+        if self.config.sleep_s and self._calls % max(self.config.sleep_every, 1) == 0:
             time.sleep(self.config.sleep_s)
         logits = model(x)
         if self.config.nan_grad_at_step and self._calls >= self.config.nan_grad_at_step:
