@@ -112,9 +112,10 @@ class BEVDepthConfig:
     lr_gamma: float = 0.1
     batch_size: int = 8
     eval_batch_size: int = 8
-    # 24 epochs of nuScenes train (28130 frames) at batch 8 on ONE device; on N devices pass
-    # --epochs 24 (the runner then counts steps per epoch itself) or --steps 84390/N.
-    steps: int = 84390
+    # Steps convention (README): optimizer steps at the published global batch, 8 GPUs x 8 =
+    # 64: 24 epochs of nuScenes train (28130 frames) = 10548 steps. On fewer devices keep the
+    # global batch with --grad-accum (batch_size x grad_accum x nproc = 64).
+    steps: int = 24 * 28130 // 64
     grad_clip: float = 5.0
     num_workers: int = 4
     # -- data: augmentation (train only) --

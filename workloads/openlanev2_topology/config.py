@@ -9,7 +9,9 @@ queries, 5 Bezier control points x xyz -> 11 points), a traffic-element DETR hea
 view (30 queries, 13 attributes), MLP topology heads for lane-lane and lane-TE; losses and
 weights as published (focal 1.0, L1 2.5, GIoU 1.0, topology focal 2.0), AdamW 1e-4, weight
 decay 1e-4, grad clip 35, cosine with 500 linear warmup iterations from 1/3, 20 epochs at
-batch 2 (224770 steps on one device; on N devices pass --epochs 20).
+8 GPUs x 2 (28096 optimizer steps at that global batch of 16; on fewer devices keep it with
+--grad-accum: one device at batch 2 needs --grad-accum 8; the seed's DeepSpeed setup, batch 2
+x acc 2 on one GPU, is a global batch of 4).
 
 `smoke` keeps every component, narrowed: the three front cameras (ring_front_center, _left,
 _right; every synthetic centerline reaches into their view) at 96x128, ResNet-18 layout at
@@ -89,7 +91,7 @@ class OpenLaneV2Config:
     min_lr_ratio: float = 1e-3
     batch_size: int = 2
     eval_batch_size: int = 2
-    steps: int = 20 * SUBSET_A_TRAIN_FRAMES // 2
+    steps: int = 20 * SUBSET_A_TRAIN_FRAMES // 16  # at the published global batch 8 x 2
     grad_clip: float | None = 35.0
     num_workers: int = 4
     # -- decoding --
