@@ -172,6 +172,15 @@ class DeepSpeedStrategy(Strategy):
 
         if self._started_dist and dist.is_initialized():
             dist.destroy_process_group()
+            # DeepSpeed keeps a clone of the world group in a module global; after the group
+            # is destroyed the clone is stale and the next engine in this process fails
+            # ("Group ... is not registered"): runs in one process (pytest, notebooks).
+            try:
+                from deepspeed.utils import groups as ds_groups
+
+                ds_groups._WORLD_GROUP = None
+            except (ImportError, AttributeError):
+                pass
         for key in self._env_added:
             os.environ.pop(key, None)
         self._env_added = []

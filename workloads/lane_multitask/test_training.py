@@ -95,9 +95,21 @@ def test_trains_on_a_tusimple_root_without_masks(harness_run: Callable[..., dict
     assert record["metrics"]["Accuracy"] == pytest.approx(official["Accuracy"], abs=1e-9)
 
 
-def test_runs_on_the_emulated_npu(harness_run: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
-    # Device-agnostic workload code: a stray CPU tensor in device math fails here.
-    record = harness_run("lanes", backend="npu", emulate=True, precision="fp32", mode="eager",
-                         steps=2, warmup_steps=0, out=tmp_path / "npu")
+def test_runs_on_the_emulated_npu(harness_cache: Path, tmp_path: Path) -> None:
+    # Device-agnostic workload code: a stray CPU tensor in device math fails here. In a
+    # subprocess: the emulated device registers PrivateUse1 once per process, before any
+    # backward (the autograd engine sizes its device queues at its first backward).
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "harness.cli", "run", "lanes", "--backend", "npu", "--emulate",
+            "--steps", "2", "--warmup-steps", "0", "--out", str(tmp_path / "npu"),
+            "--cache-dir", str(harness_cache), "--no-checkpoint"]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "npu" / "record.json").read_text())
     assert record["status"] == "ok", record.get("error")
     assert record["emulated"] is True and LANE_METRICS <= set(record["metrics"])
