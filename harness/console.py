@@ -24,7 +24,8 @@ def eta(run: Run, step: int) -> timedelta:
     compilation and data writing would inflate a mean over the elapsed time many-fold),
     else the elapsed time per step so far."""
     remaining = max(run.total_steps - step, 0)
-    timed = sorted(run.timer.step_times) if run.timer is not None else []
+    timer = getattr(run, "timer", None)
+    timed = sorted(timer.step_times) if timer is not None else []
     if timed:
         per_step = timed[len(timed) // 2]
     else:
