@@ -15,9 +15,6 @@ import hashlib
 import json
 import math
 import numbers
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from harness.errors import DatasetError
+from workloads.datasets.cache import write_once
 
 SPLITS = ("train", "val")
 
@@ -342,35 +340,10 @@ def write_synthetic_coco(cache_dir: Path, spec: SyntheticSpec) -> Path:
     Reuses a finished copy whose marker matches `spec`; otherwise writes into a temporary
     folder and renames it into place, so an interrupted or concurrent write never leaves a
     half-written dataset where the reader would take it for a complete one."""
-    cache_dir = Path(cache_dir)
-    final = cache_dir / spec.dirname()
-    wanted = spec.identity()
-
-    def complete() -> bool:
-        try:
-            return json.loads((final / MARKER).read_text()) == wanted
-        except (OSError, json.JSONDecodeError):
-            return False
-
-    if complete():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
-    try:
+    def fill(tmp: Path) -> None:
         (tmp / "annotations").mkdir()
         cat_ids = spec.ids()
         _write_split(tmp, "train", spec.train_images, spec, cat_ids)
         _write_split(tmp, "val", spec.val_images, spec, cat_ids)
-        (tmp / MARKER).write_text(json.dumps(wanted))
-        if final.exists():
-            if complete():  # another process finished first; its copy is as good as ours
-                return final
-            shutil.rmtree(final, ignore_errors=True)  # a stale copy without a matching marker
-        try:
-            os.rename(tmp, final)
-        except OSError:  # lost a race to another writer between the check and the rename
-            if not complete():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return write_once(cache_dir, spec.dirname(), spec.identity(), fill, marker=MARKER)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from workloads.datasets.cache import write_once
 from workloads.datasets.tusimple import MASK_DIR, TEST_LABEL
 
 MARKER = ".complete.json"
@@ -165,34 +163,9 @@ def write_synthetic_tusimple(cache_dir: Path, spec: SynthSpec = SynthSpec()) -> 
     """Write (once) a synthetic TuSimple root under cache_dir and return it; a finished copy
     with the same spec is reused, and writing goes through a temporary folder renamed into
     place so an interrupted or concurrent write never looks complete."""
-    cache_dir = Path(cache_dir)
-    final = cache_dir / spec.dirname()
-    wanted = spec.identity()
-
-    def complete() -> bool:
-        try:
-            return json.loads((final / MARKER).read_text()) == wanted
-        except (OSError, json.JSONDecodeError):
-            return False
-
-    if complete():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
-    try:
+    def fill(tmp: Path) -> None:
         rng = np.random.default_rng(spec.seed)
         _write_split(tmp, "train", TRAIN_DATES, TRAIN_FILES, spec.train_frames, rng, spec, 1000)
         _write_split(tmp, "test", (TEST_DATE,), (TEST_LABEL,), spec.test_frames, rng, spec, 9000)
-        (tmp / MARKER).write_text(json.dumps(wanted))
-        if final.exists():
-            if complete():
-                return final
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not complete():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return write_once(cache_dir, spec.dirname(), spec.identity(), fill, marker=MARKER)
