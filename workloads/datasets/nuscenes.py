@@ -8,7 +8,8 @@ scene_token, timestamp and cams; `resize_lim` is BEVDepth's absolute scale (see
 nuscenes_dataset.py). Only key frames are loaded (no sweep axis).
 
 - `write_synthetic_nuscenes(root, ...)` (nuscenes_synth.py): a real v1.0 database.
-- `create_infos(root, version)` / `write_infos` / `load_infos` / `load_or_create_infos`:
+- `create_infos(root, version)` / `write_infos` / `load_infos` / `load_or_create_infos`
+  (written into the root when it is writable, else into the cache: derived.py):
   BEVDepth's `scripts/gen_info.py` records (sample_token, timestamp, scene_token, cam_infos,
   lidar_infos, cam_sweeps, lidar_sweeps, ann_infos), made through nuscenes-devkit from any
   nuScenes root, real or synthetic, split by the devkit's own scene lists. Each info also
@@ -26,14 +27,13 @@ need it. Malformed data raises DatasetError naming the file and the field.
 from __future__ import annotations
 
 import json
-import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.errors import DatasetError, MissingExtra, UsageError
+from workloads.datasets.derived import derived_folder, write_pickle
 from workloads.datasets.nuscenes_dataset import (  # noqa: F401  (re-exported interface)
     BEVDEPTH_CAMS,
     CLASSES,
@@ -200,23 +200,39 @@ def _sample_info(nusc: Any, sample: dict, scene_name: str, attr_names: dict, max
     return info
 
 
-def write_infos(root: Path, version: str) -> dict[str, Path]:
-    """Pickle `nuscenes_infos_<split>.pkl` into root (atomically) and return their paths."""
+def write_infos(root: Path, version: str, out_dir: Path | None = None) -> dict[str, Path]:
+    """Pickle `nuscenes_infos_<split>.pkl` into out_dir (default root), atomically, and return
+    their paths."""
     paths = {}
     for stem, infos in create_infos(root, version).items():
-        path = Path(root) / f"nuscenes_infos_{stem}.pkl"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(infos, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        path = Path(out_dir if out_dir is not None else root) / f"nuscenes_infos_{stem}.pkl"
+        write_pickle(path, infos)
         paths[stem] = path
     return paths
 
 
-def load_or_create_infos(root: Path, version: str) -> dict[str, list[dict]]:
-    """The split infos of a root, written first if any pickle is missing."""
+def info_files(root: Path, version: str, cache_dir: Path | None = None,
+               prefix: str = "nuscenes_infos") -> tuple[dict[str, Path], bool]:
+    """({split: `<prefix>_<split>.pkl` path}, present): where the infos of root are, or are to
+    be written when present is False (derived.py: the root if it has them or is writable, else
+    the cache). For other info kinds, another prefix (StreamPETR's: "streampetr_infos")."""
     stems = [stem for _, stem in SPLITS.get(version, ())]
-    paths = {s: Path(root) / f"nuscenes_infos_{s}.pkl" for s in stems}
-    if not stems or not all(p.is_file() for p in paths.values()):
-        paths = write_infos(root, version)
+    if not stems:  # an unknown version: create_infos names it
+        return {}, False
+    names = [f"{prefix}_{s}.pkl" for s in stems]
+    tables = Path(root) / version
+    folder, present = derived_folder(root, names, cache_dir,
+                                     stamp=[tables / f"{t}.json" for t in ("sample", "sample_data",
+                                                                           "sample_annotation")])
+    return {s: folder / n for s, n in zip(stems, names)}, present
+
+
+def load_or_create_infos(root: Path, version: str, cache_dir: Path | None = None) -> dict[str, list[dict]]:
+    """The split infos of a root, written first if any pickle is missing: into the root when
+    it is writable, else into the cache (`cache_dir`, default $HARNESS_CACHE), so a read-only
+    dataset mount works."""
+    paths, present = info_files(root, version, cache_dir)
+    if not paths or not present:
+        out_dir = next(iter(paths.values())).parent if paths else None
+        paths = write_infos(root, version, out_dir)
     return {s: load_infos(p) for s, p in paths.items()}
