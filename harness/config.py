@@ -6,12 +6,13 @@ values are parsed by the field's annotated type, an unknown key lists the valid 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
-from harness.errors import UsageError
+from harness.errors import ConfigError, UsageError
 
 # Fields every workload Config is expected to have; the runner reads them with getattr.
 WORKLOAD_RUN_FIELDS = ("batch_size", "eval_batch_size", "steps", "grad_clip", "num_workers")
@@ -133,7 +134,17 @@ def _set_path(obj: Any, path: list[str], text: str, full_key: str) -> Any:
             raise UsageError(f"--set {full_key}: '{name}' has no sub-keys")
         return dataclasses.replace(obj, **{name: _set_path(current, path[1:], text, full_key)})
     hints = typing.get_type_hints(type(obj))
-    return dataclasses.replace(obj, **{name: parse_value(text, hints[name], full_key)})
+    return replace_checked(obj, **{name: parse_value(text, hints[name], full_key)})
+
+
+def replace_checked(obj: Any, **changes: Any) -> Any:
+    """dataclasses.replace, with a config's own __post_init__ check (a ValueError) answered
+    as the ConfigError it is, not as an internal error."""
+    try:
+        return dataclasses.replace(obj, **changes)
+    except (ValueError, TypeError) as exc:
+        field = next(iter(changes), "?")
+        raise ConfigError.bad_value(field, changes.get(field), str(exc)) from exc
 
 
 def config_to_dict(obj: Any) -> dict[str, Any]:
@@ -160,3 +171,60 @@ def user_set_fields(run: RunConfig) -> frozenset[str]:
     keys = {item.split("=", 1)[0].strip().split(".")[0] for item in run.overrides if "=" in item}
     keys.update(name for name in DIRECT_FIELDS if getattr(run, name) is not None)
     return frozenset(keys)
+
+
+# What a field's name says about its range (the generic check; a workload config's
+# validate() adds the model's own rules). Matched on the last dotted component.
+_POSITIVE_NAMES = frozenset({"batch_size", "eval_batch_size", "steps", "num_classes"})
+_POSITIVE_SUFFIXES = ("_size", "_wh", "_divisor", "_stride")
+_NON_NEGATIVE_NAMES = frozenset({"lr", "lr_per_sample", "num_workers", "grad_clip"})
+_NON_NEGATIVE_PARTS = ("weight", "warmup", "seed", "synth")
+_UNIT_SUFFIXES = ("_prob", "_ratio")
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """The numbers in a numeric field (a number or a tuple of them); None if not numeric."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                            for v in items):
+        return None
+    return [float(v) for v in items]
+
+
+def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
+    if name.endswith(_UNIT_SUFFIXES) or name == "dropout":
+        return "must be in [0, 1]", lambda v: 0 <= v <= 1
+    if name in _POSITIVE_NAMES or name.endswith(_POSITIVE_SUFFIXES):
+        return "must be > 0", lambda v: v > 0
+    if name in _NON_NEGATIVE_NAMES or any(part in name for part in _NON_NEGATIVE_PARTS):
+        return "must be >= 0", lambda v: v >= 0
+    return None
+
+
+def check_config_values(cfg: Any, prefix: str = "") -> None:
+    """Every numeric field of (nested) config dataclass `cfg` finite, and in the range its
+    name implies; then the config's own `validate()` if it has one. ConfigError (exit 2)
+    naming the first bad field."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_config_values(value, key + ".")
+            continue
+        numbers = _numbers(value)
+        if numbers is None:
+            continue
+        if not all(math.isfinite(v) for v in numbers):
+            raise ConfigError.bad_value(key, value, "must be finite")
+        rule = _range_rule(f.name)
+        if rule is not None and not all(rule[1](v) for v in numbers):
+            raise ConfigError.bad_value(key, value, rule[0])
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+
+
+def require(ok: bool, field: str, value: Any, rule: str, fix: str = "") -> None:
+    """For a config's validate(): ConfigError naming `field` unless `ok`."""
+    if not ok:
+        raise ConfigError.bad_value(field, value, rule, fix)

@@ -23,6 +23,21 @@ class DatasetError(UsageError):
     """A dataset on disk is missing or malformed; the message names the file and field."""
 
 
+class ConfigError(UsageError):
+    """A workload config value out of its range (from a preset, --set or a direct option):
+    one line naming the field, its value, the rule and how to change it (see `bad_value`)."""
+
+    field = ""
+
+    @classmethod
+    def bad_value(cls, field: str, value: object, rule: str, fix: str = "") -> ConfigError:
+        """`config FIELD=VALUE: RULE (FIX)`; the default fix names the --set to change it."""
+        error = cls(f"config {field}={value!r}: {rule} "
+                    f"({fix or f'change it with --set {field}=VALUE'})")
+        error.field = field
+        return error
+
+
 class MissingExtra(UsageError):
     """A workload needs an optional dependency that is not installed."""
 

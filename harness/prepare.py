@@ -18,13 +18,14 @@ needs no optimizer: nothing here builds a model.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
 import os
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -32,8 +33,15 @@ from torch.utils.data import DataLoader
 
 from harness import plugins
 from harness.api import Backend, Datasets, Workload
-from harness.config import DIRECT_FIELDS, RunConfig, apply_overrides, user_set_fields
-from harness.errors import BackendUnavailable, MissingExtra, UsageError
+from harness.config import (
+    DIRECT_FIELDS,
+    RunConfig,
+    apply_overrides,
+    check_config_values,
+    replace_checked,
+    user_set_fields,
+)
+from harness.errors import BackendUnavailable, ConfigError, MissingExtra, UsageError
 from harness.strategies import Strategy, choose_strategy
 
 DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "perception-harness"))
@@ -56,15 +64,31 @@ def resolve_workload_config(workload_cls: type[Workload], run: RunConfig) -> Any
     cfg = presets[run.scale]
     direct = {name: getattr(run, name) for name in DIRECT_FIELDS}
     fields = {f.name for f in dataclasses.fields(cfg)}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in direct.items()
+    with _naming_the_workload(workload_cls.name):
+        cfg = replace_checked(cfg, **{k: v for k, v in direct.items()
                                       if v is not None and k in fields})
-    return apply_overrides(cfg, run.overrides)
+        return apply_overrides(cfg, run.overrides)
+
+
+@contextlib.contextmanager
+def _naming_the_workload(name: str) -> Iterator[None]:
+    """A ConfigError's line starts with the workload it is about."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith("config "):
+            error = ConfigError(f"workload {name} {exc}")
+            error.field = exc.field
+            raise error from exc
+        raise
 
 
 def instantiate_workload(workload_cls: type[Workload], workload_cfg: Any,
                          user_set: frozenset[str]) -> Workload:
     """The workload with the fields the user set; tolerates plugins whose __init__ predates
     the `user_set` argument (they get the attribute set afterwards)."""
+    with _naming_the_workload(workload_cls.name):  # before any data is touched
+        check_config_values(workload_cfg)
     params = inspect.signature(workload_cls.__init__).parameters
     if "user_set" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return workload_cls(workload_cfg, user_set=user_set)  # type: ignore[call-arg]

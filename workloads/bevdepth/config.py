@@ -140,6 +140,37 @@ class BEVDepthConfig:
     synthetic_objects_per_scene: int = 32
     synthetic_seed: int = 0
 
+    def validate(self) -> None:
+        """The model's own rules, checked by the harness when the config is built (the
+        generic finite/non-negative checks by field name come first)."""
+        from harness.config import require
+
+        df = self.downsample_factor
+        require(df in (4, 8, 16, 32), "downsample_factor", df,
+                "must be 4, 8, 16 or 32 (a ResNet stage's stride)")
+        require(all(side % df == 0 for side in self.image_size), "image_size", self.image_size,
+                f"must be multiples of downsample_factor {df} (the depth net's stride)",
+                "--set image_size=256,704")
+        for name in ("x_bound", "y_bound", "z_bound", "d_bound"):
+            lo, hi, step = getattr(self, name)
+            require(lo < hi and step > 0, name, getattr(self, name),
+                    "must be (low, high, step) with low < high and step > 0")
+        require(self.num_depth_bins >= 1, "d_bound", self.d_bound, "must give >= 1 depth bin")
+        require(min(self.bev_size) >= 1, "x_bound", self.x_bound, "must give >= 1 BEV cell")
+        require(1 <= self.num_cams <= len(self.cams), "num_cams", self.num_cams,
+                f"must be in 1..{len(self.cams)} (the cameras in cams)")
+        require(self.num_keys >= 1, "num_keys", self.num_keys, "must be >= 1")
+        require(0 < self.gaussian_overlap < 1, "gaussian_overlap", self.gaussian_overlap,
+                "must be in (0, 1)")
+        require(0 <= self.score_threshold <= 1, "score_threshold", self.score_threshold,
+                "must be in [0, 1]")
+        require(self.lr_gamma > 0, "lr_gamma", self.lr_gamma, "must be > 0")
+        require(all(0 <= m <= 1 for m in self.lr_milestones) and
+                list(self.lr_milestones) == sorted(self.lr_milestones), "lr_milestones",
+                self.lr_milestones, "must be ascending fractions of the steps, in [0, 1]")
+        require(len(self.post_center_range) == 6, "post_center_range", self.post_center_range,
+                "must be 6 values (x, y, z low, then high)")
+
     @property
     def num_depth_bins(self) -> int:
         lo, hi, step = self.d_bound

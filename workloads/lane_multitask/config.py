@@ -69,13 +69,29 @@ class LanesConfig:
     milestones: tuple[float, ...] = (50 / 200, 100 / 200)  # fractions of total steps
     gamma: float = 0.1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """The model's own rules, checked by the harness when the config is built (the
+        generic finite/non-negative checks by field name come first)."""
+        from harness.config import require
+
+        require(self.hm_stride == 8, "hm_stride", self.hm_stride,
+                "must be 8 (the FPN's output stride)", "--set hm_stride=8")
         h, w = self.input_size
-        if h % self.hm_stride or w % self.hm_stride:
-            raise ValueError(f"input_size {self.input_size} must be a multiple of hm_stride "
-                             f"{self.hm_stride}")
-        if not 0 <= self.crop_top < 1:
-            raise ValueError(f"crop_top must be in [0, 1), got {self.crop_top}")
+        require(h % self.hm_stride == 0 and w % self.hm_stride == 0, "input_size",
+                self.input_size, f"must be multiples of hm_stride {self.hm_stride}",
+                "--set input_size=320,800")
+        require(0 <= self.crop_top < 1, "crop_top", self.crop_top, "must be in [0, 1)")
+        for name in ("radius", "root_radius", "points_thr"):
+            value = getattr(self, name)
+            require(value >= 1, name, value, "must be >= 1")
+        for name in ("kpt_thr", "mask_thr"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, name, value, "must be in [0, 1]")
+        require(min(self.std_bgr) > 0, "std_bgr", self.std_bgr, "must be > 0")
+        require(self.gamma > 0, "gamma", self.gamma, "must be > 0")
+        require(all(0 <= m <= 1 for m in self.milestones) and
+                list(self.milestones) == sorted(self.milestones), "milestones",
+                self.milestones, "must be ascending fractions of the steps, in [0, 1]")
 
     @property
     def hm_size(self) -> tuple[int, int]:

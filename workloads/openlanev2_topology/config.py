@@ -115,3 +115,19 @@ class OpenLaneV2Config:
                    num_lane_queries=30, num_te_queries=10, max_lanes=30, topology_hidden=64,
                    lr=1e-3, warmup_iters=40, steps=1200, batch_size=2, eval_batch_size=4,
                    num_workers=0, synthetic_image_scale=0.25)
+
+    def validate(self) -> None:
+        """The model's own rules, checked by the harness when the config is built."""
+        from harness.config import require
+
+        require(self.embed_dims % self.num_heads == 0, "embed_dims", self.embed_dims,
+                f"must be a multiple of num_heads ({self.num_heads})")
+        box = self.bev_range
+        require(len(box) == 6 and all(box[i] < box[i + 3] for i in range(3)), "bev_range", box,
+                "must be 6 values (x, y, z low, then high) with low < high")
+        for name in ("num_cameras", "num_heads", "num_lane_queries", "num_te_queries",
+                     "num_height_planes", "topology_layers", "max_lanes"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        for name in ("num_control_points", "num_lane_points"):
+            require(getattr(self, name) >= 2, name, getattr(self, name), "must be >= 2")
+        require(0 <= self.focal_alpha <= 1, "focal_alpha", self.focal_alpha, "must be in [0, 1]")

@@ -107,3 +107,22 @@ class StreamPETRConfig:
             grid_mask=False, bda_rot_range=(0.0, 0.0), bda_scale_range=(1.0, 1.0),
             lr=2e-3, warmup_iters=50, batch_size=4, steps=600, num_workers=0,
             synthetic_scenes=10, synthetic_samples_per_scene=20, synthetic_image_wh=(400, 225))
+
+    def validate(self) -> None:
+        """The model's own rules, checked by the harness when the config is built."""
+        from harness.config import require
+
+        require(all(side % 16 == 0 for side in self.image_size), "image_size", self.image_size,
+                "must be multiples of 16 (the feature stride)", "--set image_size=256,704")
+        require(self.embed_dims % self.num_heads == 0, "embed_dims", self.embed_dims,
+                f"must be a multiple of num_heads ({self.num_heads})")
+        for name in ("pc_range", "position_range", "post_center_range"):
+            box = getattr(self, name)
+            require(len(box) == 6 and all(box[i] < box[i + 3] for i in range(3)), name, box,
+                    "must be 6 values (x, y, z low, then high) with low < high")
+        for name in ("num_query", "num_layers", "num_heads", "depth_num", "memory_len"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        require(self.num_propagated <= self.memory_len, "num_propagated", self.num_propagated,
+                f"must be <= memory_len ({self.memory_len})")
+        require(self.topk_proposals <= self.num_query, "topk_proposals", self.topk_proposals,
+                f"must be <= num_query ({self.num_query})")

@@ -60,11 +60,33 @@ class YOLOv3Config:
     nms_pre: int = 1000
     max_per_img: int = 100
 
-    def __post_init__(self) -> None:
-        if self.input_size % 32:
-            raise ValueError(f"input_size must be a multiple of 32 (the coarsest stride), got {self.input_size}")
-        if self.train_scale_range and len(self.train_scale_range) != 2:
-            raise ValueError(f"train_scale_range must be two sizes (low, high), got {self.train_scale_range}")
+    def validate(self) -> None:
+        """The model's own rules, checked by the harness when the config is built (the
+        generic finite/non-negative checks by field name come first)."""
+        from harness.config import require
+
+        require(self.input_size % 32 == 0, "input_size", self.input_size,
+                "must be a multiple of 32 (the coarsest stride)", "--set input_size=416")
+        require(self.width > 0, "width", self.width, "must be > 0")
+        require(len(self.depths) == 5 and min(self.depths, default=0) >= 1, "depths",
+                self.depths, "must be 5 Darknet stages of >= 1 blocks each")
+        scales = self.train_scale_range
+        require(not scales or (len(scales) == 2 and 0 < scales[0] <= scales[1]),
+                "train_scale_range", scales, "must be () or two sizes (low, high), "
+                "0 < low <= high")
+        require(self.synth_min_side <= self.synth_max_side, "synth_min_side",
+                self.synth_min_side, f"must be <= synth_max_side ({self.synth_max_side})")
+        require(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        require(self.gamma > 0, "gamma", self.gamma, "must be > 0")
+        require(all(0 <= m <= 1 for m in self.milestones) and
+                list(self.milestones) == sorted(self.milestones), "milestones",
+                self.milestones, "must be ascending fractions of the steps, in [0, 1]")
+        for name in ("ignore_iou", "conf_thr", "score_thr", "nms_iou"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, name, value, "must be in [0, 1]")
+        for name in ("nms_pre", "max_per_img"):
+            value = getattr(self, name)
+            require(value >= 1, name, value, "must be >= 1")
 
     @property
     def scale_range(self) -> tuple[int, int]:
