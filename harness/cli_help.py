@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 DESCRIPTION = """\
-Benchmark perception training on any accelerator, one command per run. `harness run
-WORKLOAD --backend BACKEND` trains a workload (2D and BEV 3D detection models) on a backend
-(cpu, cuda, Ascend npu, Gaudi hpu), evaluates it and writes record.json with its accuracy,
-training throughput and memory. Then `harness check RECORD` judges it against the published
-or measured reference numbers, `harness parity A B` puts runs side by side (GPU vs
-accelerator: table and figure), and `harness gate` fails CI when a run is slower or larger
-than its baseline. `harness list` shows the workloads and which backends are available here;
-`harness run --help` lists them with examples."""
+Benchmark perception training on any accelerator, one command per run. `harness run WORKLOAD
+--backend BACKEND` trains a workload (2D detection, BEV 3D detection, lanes, lane topology)
+on a backend (cpu, cuda, Ascend npu, Gaudi hpu), evaluates it and writes record.json with
+its accuracy, training throughput and memory. Then `harness check RECORD` judges it against
+the published or measured reference numbers, `harness parity A B` puts runs side by side
+(GPU vs accelerator: table and figure), and `harness gate` fails CI when a run is slower or
+larger than its baseline. `harness list` shows the workloads and which backends are
+available here; `harness run --help` lists them with examples."""
 
 EXIT_CODES = """\
 exit codes: 0 ok; 1 the run or check failed (or a parity verdict is WORSE); 2 bad usage,
@@ -50,6 +50,7 @@ def inventory() -> dict[str, list[dict[str, Any]]]:
                          "device_count": probe.device_count, "device_name": probe.device_name,
                          "modes": list(caps.modes), "precisions": list(caps.precisions),
                          "emulate": plugins.can_emulate(cls),
+                         "inference_only": bool(getattr(cls, "inference_only", False)),
                          "hint": "" if probe.available else emulate_hint(cls).lstrip("; ")})
     return {"workloads": workloads, "backends": backends}
 
@@ -63,6 +64,8 @@ def format_inventory(inv: dict[str, list[dict[str, Any]]]) -> str:
     width = max([6, *(len(b["name"]) for b in inv["backends"])])
     for b in inv["backends"]:
         state = "available" if b["available"] else f"unavailable: {b['reason']}"
+        if b.get("inference_only"):  # listed under `run --help`, which refuses it
+            state += " (inference only: harness eval, not run)"
         hint = f"; {b['hint']}" if b["hint"] else ""
         lines.append(f"  {b['name']:<{width}} {state}{hint}; modes {'/'.join(b['modes'])}; "
                      f"precisions {'/'.join(b['precisions'])}")

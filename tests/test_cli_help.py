@@ -1,0 +1,36 @@
+"""`harness run --help` for users: every installed workload and backend with its state, and
+examples that are valid command lines."""
+from __future__ import annotations
+
+import shlex
+
+from harness import plugins
+from harness.cli import build_parser
+from harness.cli_help import DESCRIPTION, EXAMPLES, inventory, run_epilog
+
+
+def test_run_help_lists_every_workload_and_backend_with_its_state() -> None:
+    epilog = run_epilog()
+    for name in plugins.workloads():
+        assert f"\n  {name} " in epilog
+    for b in inventory()["backends"]:
+        line = next(x for x in epilog.splitlines() if x.startswith(f"  {b['name']} "))
+        assert ("unavailable: " in line) != b["available"]
+        # a backend `harness run` refuses must not read as one to train on
+        assert ("inference only" in line) == b["inference_only"]
+    assert any(b["inference_only"] for b in inventory()["backends"])  # onnxruntime is built in
+
+
+def test_run_help_examples_parse_as_written() -> None:
+    examples = [line.split("#")[0].strip() for line in EXAMPLES.splitlines()[1:]]
+    assert len(examples) >= 3
+    for example in examples:
+        argv = shlex.split(example)
+        assert argv[0] == "harness"
+        args = build_parser(argv[1:]).parse_args(argv[1:])
+        assert args.verb == "run" and args.workload in plugins.workloads()
+
+
+def test_main_help_describes_the_verbs_a_user_needs() -> None:
+    for verb in ("harness run", "harness check", "harness parity", "harness gate", "harness list"):
+        assert verb in " ".join(DESCRIPTION.split())
