@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from harness.errors import EXIT_FAILED, EXIT_OK, HarnessError, UsageError
+from harness.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    HarnessError,
+    UsageError,
+    worker_error_origin,
+)
 from harness.launch import add_launch_arguments, wants_launcher
 from harness.run_checks import (
     answer_internal_error,
@@ -160,18 +167,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.overwrite and args.resume is not None:
         raise UsageError("--overwrite with --resume: a resumed run continues its folder; "
                          "give one of them")
-    if wants_launcher(args) and (args.resume or args.checkpoint_interval):
-        raise UsageError("--resume/--checkpoint-interval: single-process runs only for now "
-                         "(no periodic checkpoints under --nproc)")
     if args.resume is not None:
-        return _resume(args)
+        return _resume(args, argv)
     if args.workload is None:
         raise UsageError("harness run: a WORKLOAD is needed (or --resume DIR)")
     if wants_launcher(args):
         return _relaunch_distributed(args, argv)
-    if args.deepspeed is not None and args.checkpoint_interval:
-        raise UsageError("--checkpoint-interval: DeepSpeed runs write no periodic checkpoints "
-                         "yet")
     config = RunConfig(
         workload=args.workload, backend=args.backend, mode=args.mode or "",
         precision=args.precision, scale=args.scale, data=args.data, steps=args.steps,
@@ -187,9 +188,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 
 
-def _resume(args: argparse.Namespace) -> int:
-    """--resume DIR: the recorded config; options given that would change it are refused."""
-    from harness.resume import resumed_config
+def _resume(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """--resume DIR: the recorded config; options given that would change it are refused
+    (here, before a distributed run's workers start, so the answer is one line, exit 2)."""
+    from harness.resume import check_world_size, resumed_config
     from harness.runner import execute
 
     parser = build_parser(["run"])
@@ -205,7 +207,12 @@ def _resume(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--resume {args.resume}: --out {args.out} differs (a resumed run "
                          f"writes to its own folder)")
-    config, _ = resumed_config(args.resume, given)
+    config, recorded = resumed_config(args.resume, given)
+    launcher = wants_launcher(args)
+    world = args.nproc * args.nnodes if launcher else int(os.environ.get("WORLD_SIZE", "1"))
+    check_world_size(args.resume, recorded, world)
+    if launcher:
+        return _relaunch_distributed(args, argv)
     record = execute(config, resume=args.resume)
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 
@@ -221,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.func is cmd_run:
             return cmd_run(args, argv)
         return int(args.func(args))
-    except HarnessError as exc:
+    except HarnessError as error:
+        exc = worker_error_origin(error)  # a DataLoader worker's error reads as the main's
         if debug:
             traceback.print_exc()
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -233,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if debug:
             traceback.print_exc()
-        return answer_os_error(exc)
+        origin = worker_error_origin(exc)
+        return answer_os_error(origin if isinstance(origin, OSError) else exc)
     except Exception as exc:  # noqa: BLE001 - the policy's last line: a bug, said as one
         if debug:
             traceback.print_exc()

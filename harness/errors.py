@@ -1,6 +1,9 @@
 """The harness's one small error hierarchy and the exit codes the CLI maps them to."""
 from __future__ import annotations
 
+import re
+from typing import TypeVar
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # a run or a check failed
 EXIT_USAGE = 2  # bad arguments, unknown names, malformed input
@@ -54,3 +57,41 @@ class Diverged(HarnessError):
 
 class RunInterrupted(HarnessError):
     """SIGINT or SIGTERM arrived during a run."""
+
+
+_WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_OS_ERROR_LINE = re.compile(r"\[Errno (\d+)\] (.*?)(?:: '(.*)')?")
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def worker_error_origin(exc: _E) -> _E:
+    """The error a DataLoader worker raised, as it would read in the main process.
+
+    torch re-raises a worker's exception as the same type with the worker's whole traceback
+    as its message; a dataset's one-line error (a HarnessError) or a file error (OSError)
+    gets its own message back (errno and path too), with the worker's version as its cause
+    (--debug prints both). Anything else is returned unchanged."""
+    text = str(exc)
+    if not isinstance(exc, (HarnessError, OSError)) or not _WORKER_ERROR.match(text):
+        return exc
+    cls = type(exc)
+    names = (f"{cls.__module__}.{cls.__qualname__}", cls.__qualname__)
+    starts = [text.rfind(f"\n{name}: ") for name in names]
+    start = max(starts)
+    if start < 0:
+        return exc
+    message = text[start + 1:].split(": ", 1)[1].rstrip("\n")
+    try:
+        if isinstance(exc, OSError):
+            found = _OS_ERROR_LINE.fullmatch(message)
+            origin = (cls(int(found[1]), found[2], *filter(None, [found[3]]))
+                                     if found else cls(message))
+        else:
+            origin = cls(message)
+    except Exception:  # noqa: BLE001 - a type that cannot be rebuilt keeps torch's version
+        return exc
+    origin.__dict__.update(exc.__dict__)
+    origin.__cause__ = exc
+    return origin

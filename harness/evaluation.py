@@ -22,7 +22,7 @@ import torch
 from harness import plugins
 from harness.api import Workload
 from harness.config import RunConfig, config_to_dict
-from harness.errors import HarnessError, RunInterrupted, UsageError
+from harness.errors import HarnessError, RunInterrupted, UsageError, worker_error_origin
 from harness.eval_config import EvalConfig, build_workload, check_checkpoint_config
 from harness.inference import raw_output_agreement, run_inference
 from harness.prepare import PreparedRun, resolve_run, setup_run
@@ -115,8 +115,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         setup_run(prepared, load_data=False)
         _evaluate(cfg, prepared, ckpt, out_dir, record)
         record["status"] = "ok"
-    except BaseException as exc:  # noqa: BLE001 - every ending gets a record
-        error = exc
+    except BaseException as raised:  # noqa: BLE001 - every ending gets a record
+        error = exc = worker_error_origin(raised)
         record["status"] = _status_for(exc)
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         record["error"] = detail if isinstance(exc, HarnessError) else (

@@ -41,7 +41,13 @@ from harness.config import (
     replace_checked,
     user_set_fields,
 )
-from harness.errors import BackendUnavailable, ConfigError, MissingExtra, UsageError
+from harness.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DatasetError,
+    MissingExtra,
+    UsageError,
+)
 from harness.strategies import Strategy, choose_strategy
 
 DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "perception-harness"))
@@ -157,6 +163,20 @@ def make_loader(workload: Workload, dataset: Any, collate: Any, *, train: bool, 
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     return DataLoader(dataset, batch_size=batch, shuffle=train and sampler is None,
                       sampler=sampler, drop_last=train, **common)
+
+
+def check_eval_split(data: Datasets) -> None:
+    """Before training: the val split has samples and its first one loads and collates, so
+    an empty or broken val split is a DatasetError before step 1, not after the training."""
+    val = data.val
+    if not hasattr(val, "__len__") or not hasattr(val, "__getitem__"):
+        return  # an iterable dataset: nothing to look at without consuming it
+    if len(val) == 0:
+        raise DatasetError("the val split is empty (0 samples): there is nothing to evaluate "
+                           "on; check the data's val split (or run with --no-eval)")
+    sample = val[0]  # a dataset error here names its file, as it would after training
+    collate = data.collate or torch.utils.data.default_collate
+    collate([sample])
 
 
 @dataclasses.dataclass

@@ -28,12 +28,13 @@ from harness import plugins
 from harness.api import Run
 from harness.checkpoint import effective_interval
 from harness.config import RunConfig, config_to_dict
-from harness.errors import Diverged, HarnessError, RunInterrupted
+from harness.errors import Diverged, HarnessError, RunInterrupted, worker_error_origin
 from harness.oom import OutOfMemory, describe_oom
 from harness.outdir import RecordNotWritten, RecordWriter, claim_run_folder, default_run_folder
 from harness.prepare import (  # noqa: F401 - re-exported: the names callers used before
     DEFAULT_CACHE,
     PreparedRun,
+    check_eval_split,
     check_requirements,
     instantiate_workload,
     prepare_backend,
@@ -211,7 +212,9 @@ def execute(config: RunConfig, resume: Path | None = None,
             _execute_run(prepared, run, record, pm, resume_state, progress)
             record["status"] = "ok"
         except BaseException as exc:  # noqa: BLE001 - every ending gets a record
-            ending.fail(exc)
+            # A worker's error as the main's one line; the record says if evaluation failed.
+            ending.fail(worker_error_origin(exc),
+                        "evaluation" if progress.get("phase") == "evaluation" else "")
             if record["status"] == "oom":
                 ending.guard("describing the OOM", lambda: describe_oom(run, record, progress))
         finally:
@@ -249,6 +252,8 @@ def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: An
     record["world_size"] = prepared.strategy.world_size
     record["env"] = environment(prepared.backend.describe())
     data = prepared.load_data()
+    if cfg.eval or cfg.eval_interval:
+        check_eval_split(data)  # an empty or broken val split is found before step 1
     # datasets() may have resolved config fields from the data: record what was used.
     record["config"]["workload"] = config_to_dict(run.workload.config)
     record["data"] = {"source": data.source, "from_data": dict(data.from_data)}
@@ -270,14 +275,15 @@ def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: An
           keep_checkpoints=cfg.keep_checkpoints, progress=progress)
     if run.model_info is not None:
         record["model"] = run.model_info
+    if cfg.checkpoint and prepared.strategy.is_main:
+        # Before the evaluation: an evaluation that fails loses no training.
+        save_checkpoint(run, run.out_dir / "checkpoint.pt")
     if cfg.eval and prepared.strategy.is_main:
         progress["phase"] = "evaluation"
         result = evaluate_now(run.trained_model)
         record["metrics"] = result.metrics
         record["predictions"] = write_predictions(run, result.predictions)
         pm.hook.harness_eval_end(run=run, metrics=result.metrics)
-    if cfg.checkpoint and prepared.strategy.is_main:
-        save_checkpoint(run, run.out_dir / "checkpoint.pt")
 
 
 def write_predictions(run: Run, predictions: list[Any]) -> dict[str, Any] | None:
