@@ -2,7 +2,9 @@
 examples that are valid command lines."""
 from __future__ import annotations
 
+import re
 import shlex
+from pathlib import Path
 
 from harness import plugins
 from harness.cli import build_parser
@@ -34,3 +36,13 @@ def test_run_help_examples_parse_as_written() -> None:
 def test_main_help_describes_the_verbs_a_user_needs() -> None:
     for verb in ("harness run", "harness check", "harness parity", "harness gate", "harness list"):
         assert verb in " ".join(DESCRIPTION.split())
+
+
+def test_readme_names_every_flag_of_the_other_verbs() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    sub = build_parser(["check"])._subparsers._group_actions[0]  # type: ignore[union-attr]
+    for verb in ("list", "check", "parity", "gate", "show", "eval", "export"):
+        flags = {o for a in sub.choices[verb]._actions for o in a.option_strings
+                 if o.startswith("--") and o != "--help"}
+        missing = sorted(f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", readme))
+        assert not missing, f"README never names `harness {verb}` {missing}"
