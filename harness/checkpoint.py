@@ -238,8 +238,11 @@ def save_periodic(state: dict[str, Any], out_dir: Path, step: int, keep: int) ->
     return path
 
 
-def load_newest(out_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
-    """The newest checkpoint that reads completely; notes say which newer ones were skipped."""
+def load_newest(out_dir: Path, problem: Callable[[dict[str, Any]], str | None] | None = None
+                ) -> tuple[dict[str, Any], Path, list[str]]:
+    """The newest checkpoint that reads completely; notes say which newer ones were skipped.
+    `problem(state)`: why a checkpoint that reads is still unusable (an engine's files), or
+    None."""
     notes: list[str] = []
     folder = checkpoint_dir(out_dir)
     for stale in folder.glob(".step_*.tmp") if folder.is_dir() else ():
@@ -250,8 +253,13 @@ def load_newest(out_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
         except UsageError as exc:
             notes.append(f"skipped {path.name}: {exc}")
             continue
-        if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+        if not isinstance(state, dict) or state.get("format") != FORMAT or (
+                "model" not in state and "engine" not in state):
             notes.append(f"skipped {path.name}: not a complete training checkpoint")
+            continue
+        why = problem(state) if problem is not None else None
+        if why is not None:
+            notes.append(f"skipped {path.name}: {why}")
             continue
         return state, path, notes
     where = checkpoint_dir(out_dir)

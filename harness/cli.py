@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -166,18 +167,12 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if args.overwrite and args.resume is not None:
         raise UsageError("--overwrite with --resume: a resumed run continues its folder; "
                          "give one of them")
-    if wants_launcher(args) and (args.resume or args.checkpoint_interval):
-        raise UsageError("--resume/--checkpoint-interval: single-process runs only for now "
-                         "(no periodic checkpoints under --nproc)")
     if args.resume is not None:
-        return _resume(args)
+        return _resume(args, argv)
     if args.workload is None:
         raise UsageError("harness run: a WORKLOAD is needed (or --resume DIR)")
     if wants_launcher(args):
         return _relaunch_distributed(args, argv)
-    if args.deepspeed is not None and args.checkpoint_interval:
-        raise UsageError("--checkpoint-interval: DeepSpeed runs write no periodic checkpoints "
-                         "yet")
     config = RunConfig(
         workload=args.workload, backend=args.backend, mode=args.mode or "",
         precision=args.precision, scale=args.scale, data=args.data, steps=args.steps,
@@ -193,9 +188,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 
 
-def _resume(args: argparse.Namespace) -> int:
-    """--resume DIR: the recorded config; options given that would change it are refused."""
-    from harness.resume import resumed_config
+def _resume(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """--resume DIR: the recorded config; options given that would change it are refused
+    (here, before a distributed run's workers start, so the answer is one line, exit 2)."""
+    from harness.resume import check_world_size, resumed_config
     from harness.runner import execute
 
     parser = build_parser(["run"])
@@ -211,7 +207,12 @@ def _resume(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--resume {args.resume}: --out {args.out} differs (a resumed run "
                          f"writes to its own folder)")
-    config, _ = resumed_config(args.resume, given)
+    config, recorded = resumed_config(args.resume, given)
+    launcher = wants_launcher(args)
+    world = args.nproc * args.nnodes if launcher else int(os.environ.get("WORLD_SIZE", "1"))
+    check_world_size(args.resume, recorded, world)
+    if launcher:
+        return _relaunch_distributed(args, argv)
     record = execute(config, resume=args.resume)
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 

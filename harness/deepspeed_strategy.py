@@ -24,11 +24,27 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.errors import MissingExtra, UsageError
-from harness.strategies import Strategy
+from harness.strategies import MAIN_ONLY_TIMEOUT, Strategy
 
 if TYPE_CHECKING:
     from harness.api import Backend
     from harness.config import RunConfig
+
+
+class _WeightsOnlyLoads:
+    """A DeepSpeed checkpoint engine whose load() is torch.load(weights_only=True); the rest
+    (save, commit, ...) is the wrapped engine's."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        from harness.safe_load import safe_torch_load
+
+        return safe_torch_load(Path(path))  # onto the CPU; the engine copies into its params
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _free_port() -> int:
@@ -50,6 +66,8 @@ class DeepSpeedStrategy(Strategy):
         if importlib.util.find_spec("deepspeed") is None:
             raise MissingExtra("--deepspeed needs DeepSpeed: pip install 'perception-harness[deepspeed]'")
         self.config_path = config_path
+        # From the launcher's environment before setup, so the first record names it.
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.engine: Any = None
         self._started_dist = False
         self._env_added: list[str] = []  # launcher variables set here, removed at teardown
@@ -87,6 +105,9 @@ class DeepSpeedStrategy(Strategy):
             deepspeed.init_distributed(dist_backend=backend.capabilities.dist_backend,
                                        auto_mpi_discovery=False, verbose=False)
             self._started_dist = True
+        if self.world_size > 1:
+            # Host-side group for waiting on rank 0 and gathering checkpoint shares, as DDP's.
+            self._wait_group = dist.new_group(backend="gloo", timeout=MAIN_ONLY_TIMEOUT)
 
     # -- config --
     def build_config(self, run: RunConfig) -> dict[str, Any]:
@@ -163,6 +184,24 @@ class DeepSpeedStrategy(Strategy):
 
     def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
         return int(self.engine.global_steps) if self.engine is not None else default
+
+    # -- periodic checkpoints (harness/checkpoint_dist.py): the engine's own format --
+    def save_engine_checkpoint(self, folder: Path, tag: str) -> None:
+        """Model, fp32 master weights, optimizer (ZeRO shards per rank) and the engine's step
+        counters, written by the engine on every rank (a collective)."""
+        self.engine.save_checkpoint(str(folder), tag=tag, client_state={}, save_latest=False)
+
+    def load_engine_checkpoint(self, folder: Path, tag: str) -> None:
+        """The engine's load_checkpoint, with every file it reads unpickled weights_only
+        (DeepSpeed's own loader would accept any pickle: a received checkpoint could run code)."""
+        inner = self.engine.checkpoint_engine
+        self.engine.checkpoint_engine = _WeightsOnlyLoads(inner)
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder), tag=tag, load_module_strict=True)
+        finally:
+            self.engine.checkpoint_engine = inner
+        if path is None:
+            raise UsageError(f"DeepSpeed could not load checkpoint {tag} from {folder}")
 
     def teardown(self) -> None:
         destroy = getattr(self.engine, "destroy", None)

@@ -93,7 +93,8 @@ def strip_launch_options(argv: Sequence[str]) -> list[str]:
 
 def relaunch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     worker_argv = strip_launch_options(argv)
-    if args.out is None and args.nnodes == 1 and not args.rdzv_endpoint:
+    resuming = getattr(args, "resume", None) is not None  # the workers continue that folder
+    if args.out is None and args.nnodes == 1 and not args.rdzv_endpoint and not resuming:
         # One folder for all ranks: each worker stamping its own could straddle a second.
         from harness.config import RunConfig
         from harness.runner import default_out_dir

@@ -24,11 +24,13 @@ from harness.api import MemoryStats
 from harness.checkpoint import (
     ResumableBatches,
     capture_rng,
+    checkpoint_dir,
     load_newest,
     restore_rng,
     timer_state,
     to_cpu,
 )
+from harness.checkpoint_dist import engine_problem, state_for_rank
 from harness.config import RunConfig, config_to_dict
 from harness.errors import UsageError
 
@@ -92,22 +94,38 @@ def resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, dic
 
 
 def find_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
-    return load_newest(run_dir)
+    return load_newest(run_dir, lambda state: engine_problem(run_dir, state))
+
+
+def check_world_size(run_dir: Path, record: dict[str, Any], world_size: int) -> None:
+    """A resumed run has as many processes as the recorded one (exit 2 otherwise): the data
+    shards, RNG streams and per-rank workload states belong to those ranks."""
+    recorded = int(record.get("world_size") or 1)
+    if recorded != world_size:
+        hint = f"--nproc {recorded}" if recorded > 1 else "no --nproc"
+        raise UsageError(f"--resume {run_dir}: options differ from the recorded run "
+                         f"(world_size: recorded {recorded}, given {world_size}); resume "
+                         f"with {hint} (x --nnodes), as recorded")
 
 
 def training_state(run: Any, host_model: torch.nn.Module, optimizer: Any, scheduler: Any,
                    scaler: Any, batches: ResumableBatches, pending: list, timer: Any,
-                   window_memory: MemoryStats | None, elapsed_s: float) -> dict[str, Any]:
+                   window_memory: MemoryStats | None, elapsed_s: float,
+                   with_weights: bool = True) -> dict[str, Any]:
     """Everything a resumed run needs to continue exactly after `run.step` (CPU tensors and
-    plain values only)."""
+    plain values only). `with_weights=False`: no model and optimizer (the other ranks of a
+    DDP run, whose copies are rank 0's; a DeepSpeed engine, which saves its own)."""
     wl = run.workload
     own_state = getattr(wl, "state_dict", None)
+    weights: dict[str, Any] = {}
+    if with_weights:
+        weights = {"model": to_cpu(host_model.state_dict()),
+                   "optimizer": to_cpu(optimizer.state_dict())}
     return {
         "workload": run.config.workload, "step": run.step, "epoch": run.epoch,
         "workload_config": config_to_dict(wl.config),  # so `harness eval --checkpoint` reads it
         "micro_steps": run.micro_steps, "total_steps": run.total_steps,
-        "model": to_cpu(host_model.state_dict()),
-        "optimizer": to_cpu(optimizer.state_dict()),
+        **weights,
         "scheduler": None if scheduler is None else to_cpu(scheduler.state_dict()),
         "scaler": None if scaler is None else to_cpu(scaler.state_dict()),
         "data": batches.state_dict(),
@@ -132,8 +150,13 @@ def restore_training(state: dict[str, Any], run: Any, host_model: torch.nn.Modul
     if state["total_steps"] != run.total_steps:
         raise UsageError(f"checkpoint was written for {state['total_steps']} steps, this run "
                          f"has {run.total_steps}")
-    host_model.load_state_dict(state["model"], strict=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("engine") is not None:  # DeepSpeed: model, masters, optimizer from its files
+        engine = state["engine"]
+        run.strategy.load_engine_checkpoint(checkpoint_dir(run.out_dir) / engine["dir"],
+                                            engine["tag"])
+    else:
+        host_model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
@@ -162,24 +185,33 @@ def resume_checkpoint(config: RunConfig, run_dir: Path | None
     """The checkpoint a resumed run starts from, and a line saying which (None: a new run)."""
     if run_dir is None:
         return None, ""
-    if config.deepspeed is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--resume: only single-process runs can be resumed for now "
-                         "(DDP and DeepSpeed runs write no periodic checkpoints)")
     recorded_config(run_dir)  # refuses a finished run
     state, path, notes = find_checkpoint(run_dir)
+    # Every rank reads the same file and keeps the shared part plus its own share.
+    state = state_for_rank(state, int(os.environ.get("RANK", "0")),
+                           int(os.environ.get("WORLD_SIZE", "1")), path)
     if state.get("workload") != config.workload:
         raise UsageError(f"{path}: a checkpoint of workload {state.get('workload')}, "
                          f"the record says {config.workload}")
     note = f"resuming {run_dir} from {path.name} (step {state['step']})"
     if notes:
         note += "; " + "; ".join(notes)
-    print(f"[harness] {note}", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":  # once per run, not once per rank
+        print(f"[harness] {note}", file=sys.stderr, flush=True)
     return state, note
 
 
 def continued_record(run_dir: Path, state: dict[str, Any] | None, note: str) -> dict[str, Any]:
-    """The fields a resumed run keeps from the record it continues, plus this resumption."""
+    """The fields a resumed run keeps from the record it continues, plus this resumption.
+    Each rank continues its own record (rank 0 may already have rewritten record.json)."""
     _, old = recorded_config(run_dir)
+    rank = int(os.environ.get("RANK", "0"))
+    own = Path(run_dir) / f"record.rank{rank}.json"
+    if rank != 0 and own.is_file():
+        try:
+            old = json.loads(own.read_text())
+        except ValueError:
+            pass  # unreadable: rank 0's fields will do for the record's history
     assert state is not None
     resumed = list(old.get("resumed_from") or [])
     resumed.append({"step": int(state["step"]),

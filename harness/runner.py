@@ -268,8 +268,6 @@ def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: An
         return result
 
     interval = effective_interval(cfg.checkpoint_interval, cfg.scale)
-    if prepared.strategy.world_size > 1 or cfg.deepspeed is not None:
-        interval = 0  # periodic checkpoints are single-process for now (usage checked in cli)
     train(run, prepared.loader("train"), device, pm.hook, evaluate_now,
           resume_state=resume_state, checkpoint_interval=interval,
           keep_checkpoints=cfg.keep_checkpoints, progress=progress)

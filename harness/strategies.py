@@ -109,6 +109,18 @@ class Strategy:
     def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
         return default
 
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` (CPU tensors, plain values) in rank order on rank 0; None on
+        the others. Over the host-side wait group where there is one, so nothing goes
+        through the device's collectives."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, gathered, dst=0, group=self._wait_group)
+        return gathered
+
     def teardown(self) -> None:
         pass
 
@@ -117,6 +129,12 @@ class DDPStrategy(Strategy):
     """torch DistributedDataParallel, launched by `harness run --nproc N` (torchrun)."""
 
     name = "ddp"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Known from the launcher before setup, so the record's first write (status running,
+        # what a SIGKILLed run leaves) already names the world size a resume must match.
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
 
     def setup(self, backend: Backend, run: RunConfig, workload_config: Any = None) -> None:
         super().setup(backend, run, workload_config)

@@ -8,6 +8,7 @@ around logging and evaluation, and (host time only) around the per-step observer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import time
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from harness.checkpoint import ResumableBatches, make_timer, save_periodic
+from harness.checkpoint import ResumableBatches, make_timer
+from harness.checkpoint_dist import write_checkpoint
 from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
 
@@ -193,10 +195,10 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         if ckpt_now:  # last in the step: the RNG states are those the next step starts from
             memory_now = _max_memory(window_memory, backend.memory()) if timer.is_open else (
                 window_memory)
-            save_periodic(training_state(run, host_model, optimizer, scheduler, scaler, stream,
-                                         pending, timer, memory_now,
-                                         time.time() - run.started),
-                          run.out_dir, run.step, keep_checkpoints)
+            # Every rank takes part (per-rank shares, DeepSpeed's engine); rank 0 writes.
+            write_checkpoint(run, functools.partial(
+                training_state, run, host_model, optimizer, scheduler, scaler, stream, pending,
+                timer, memory_now, time.time() - run.started), keep_checkpoints)
         timer.resume()
         if stop_now:
             raise RunInterrupted(f"interrupted: stopped after step {run.step} with a checkpoint; "

@@ -1,0 +1,139 @@
+"""`harness run --resume` under DDP (`--nproc 2`, gloo on CPU): a run stopped by SIGTERM to
+the launching parent at a step that is not a checkpoint step, then resumed, is the
+uninterrupted run bit for bit on every rank (losses of both ranks' records, final weights).
+
+This module is also a plugin (HARNESS_PLUGINS): `tiny_noisy_ranked` is test_resume's
+`tiny_noisy` (draws from every RNG, Adam with a schedule, dropout) whose own state differs
+per rank (a running sum of the labels that rank saw, fed into its loss), so a checkpoint
+that kept rank 0's RNG streams or workload state for every rank would change rank 1's losses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from harness import hookimpl
+from harness.safe_load import safe_torch_load
+from tests.conftest import harness_cmd
+from tests.test_resume import NoisyWorkload, _loss_rows
+
+KILL_AT = "RESUME_DDP_TEST_SIGTERM_AT"
+
+
+class RankedNoisyWorkload(NoisyWorkload):
+    name = "tiny_noisy_ranked"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_sum = torch.zeros((), dtype=torch.int64)  # this rank's samples only
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        self.label_sum += batch[1].sum()
+        terms = super().loss(model, batch)
+        terms["loss_state"] = terms["loss_state"] + 1e-3 * (self.label_sum % 11).float()
+        return terms
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "label_sum": self.label_sum.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.label_sum = state["label_sum"].clone()
+
+
+@hookimpl
+def harness_workloads() -> list[type]:
+    return [RankedNoisyWorkload]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@hookimpl
+def harness_step_end(run: Any, step: int) -> None:
+    if str(step) != os.environ.get(KILL_AT):
+        return
+    if run.strategy.is_main:
+        # worker -> torchrun -> the `harness run --nproc` parent, which forwards the signal
+        # to torchrun, which passes it to every worker (as a CI runner's cancel would).
+        os.kill(_parent_of(os.getppid()), signal.SIGTERM)
+    time.sleep(120)  # every rank waits here for the forwarded SIGTERM (it interrupts sleep)
+
+
+def _harness(*args: str, env: dict[str, str], check: int | None = 0
+             ) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(harness_cmd("run", *args), env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check is not None:
+        assert proc.returncode == check, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads((out / name).read_text()) for name in ("record.json", "record.rank1.json")]
+
+
+RUN = ["tiny_noisy_ranked", "--nproc", "2", "--deterministic", "--steps", "30",
+       "--checkpoint-interval", "10", "--log-interval", "3", "--warmup-steps", "2"]
+
+
+def test_ddp_sigterm_then_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    env = {**os.environ, "HARNESS_PLUGINS": "tests.tiny_workload,tests.test_resume_ddp",
+           "OMP_NUM_THREADS": "1"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _harness(*RUN, "--out", str(whole), env=env)
+    # 16 batches per rank per epoch: checkpoints at 10 and 20, stopped after step 25 (epoch 1).
+    _harness(*RUN, "--out", str(cut), env={**env, KILL_AT: "25"}, check=None)
+    assert [r["status"] for r in _records(cut)] == ["interrupted", "interrupted"]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_10.pt", "step_20.pt"]
+
+    ckpt = safe_torch_load(cut / "checkpoints" / "step_20.pt")  # weights_only=True
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2 and "model" in ckpt
+    rank0, rank1 = ckpt["ranks"]
+    assert rank0["data"]["in_epoch"] == rank1["data"]["in_epoch"] == 4
+    assert not torch.equal(rank0["rng"]["torch_cpu"], rank1["rng"]["torch_cpu"])
+    assert int(rank0["workload_state"]["label_sum"]) != int(rank1["workload_state"]["label_sum"])
+
+    # Options that would change the run are refused by the parent, before any worker starts.
+    refused = _harness("--resume", str(cut), env=env, check=2)
+    assert "world_size: recorded 2, given 1" in refused.stderr
+    refused = _harness("--resume", str(cut), "--nproc", "2", "--seed", "3", env=env, check=2)
+    assert "seed: recorded 0, given 3" in refused.stderr
+
+    _harness("--resume", str(cut), "--nproc", "2", env=env)
+    expected = _records(whole)
+    for got, want in zip(_records(cut), expected):
+        assert got["status"] == "ok", got["error"]
+        assert [r["step"] for r in got["resumed_from"]] == [20]
+        assert _loss_rows(got) == _loss_rows(want)
+    resumed = _records(cut)[0]
+    assert resumed["metrics"] == expected[0]["metrics"]
+    assert resumed["throughput"]["timed_steps"] == 30 - 2 - 2  # each segment's warmup excluded
+    assert resumed["throughput"]["segments"] == 2 and resumed["world_size"] == 2
+    got_w, want_w = safe_torch_load(cut / "checkpoint.pt"), safe_torch_load(whole / "checkpoint.pt")
+    assert all(torch.equal(got_w["model"][k], want_w["model"][k]) for k in want_w["model"])
+
+
+def test_world_size_must_match_the_record_and_the_checkpoint(tmp_path: Path) -> None:
+    from harness.checkpoint_dist import state_for_rank
+    from harness.errors import UsageError
+    from harness.resume import check_world_size
+
+    with pytest.raises(UsageError, match="world_size: recorded 1, given 2"):
+        check_world_size(tmp_path, {"world_size": 1}, 2)
+    check_world_size(tmp_path, {"world_size": 2}, 2)
+    state = {"step": 3, "model": {}, "world_size": 2,
+             "ranks": [{"rng": "r0", "losses": [0]}, {"rng": "r1", "losses": [1]}]}
+    assert state_for_rank(state, 1, 2, tmp_path) == {"step": 3, "model": {}, "rng": "r1",
+                                                     "losses": [1]}
+    with pytest.raises(UsageError, match="written by a run of 2 process"):
+        state_for_rank(state, 0, 1, tmp_path)
