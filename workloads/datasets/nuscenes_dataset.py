@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from harness.errors import DatasetError, UsageError
+from workloads.datasets.checks import check_finite, check_not_empty
 from workloads.datasets.nuscenes_geometry import (
     key_ego_pose,
     matrix_yaw,
@@ -60,6 +61,9 @@ _CAM_FIELDS = ("filename", "calibrated_sensor.translation", "calibrated_sensor.r
                "calibrated_sensor.camera_intrinsic", "ego_pose.translation", "ego_pose.rotation")
 _LIDAR_FIELDS = ("filename", "calibrated_sensor.translation", "calibrated_sensor.rotation",
                  "ego_pose.translation", "ego_pose.rotation")
+# Annotation numbers that must be finite. Not velocity: NaN is the devkit's "unknown" there
+# (infos written by BEVDepth's own gen_info keep it; ours store zeros).
+ANN_NUMBERS = ("ann_infos[].translation", "ann_infos[].size", "ann_infos[].rotation")
 _ANN_FIELDS = ("translation", "size", "rotation", "velocity", "category_name", "num_lidar_pts", "num_radar_pts")
 
 
@@ -93,6 +97,9 @@ def load_infos(path: Path | str) -> list[dict]:
         raise DatasetError(f"{path}: cannot read nuScenes infos: {e}") from e
     if not isinstance(infos, list) or not all(isinstance(i, dict) for i in infos):
         raise DatasetError(f"{path}: nuScenes infos must be a list of dicts")
+    check_not_empty(infos, str(path), "samples")
+    check_finite(((f"info {i} (sample {info.get('sample_token')})", info)
+                  for i, info in enumerate(infos)), ANN_NUMBERS, str(path))
     return infos
 
 

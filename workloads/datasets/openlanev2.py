@@ -82,6 +82,9 @@ def load_collection(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
         frames = pickle.load(f)
     if not isinstance(frames, dict) or not frames:
         raise DatasetError(f"{path}: not an OpenLane-V2 collection (a non-empty dict)")
+    from workloads.datasets.checks import check_openlanev2_frames  # NaN/Inf points: one line
+
+    check_openlanev2_frames(frames, str(path))
     return frames
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def parse_label_line(text: str, path: Path, line: int) -> LaneFrame:
     h = obj["h_samples"]
     if not _numbers(h) or not h:
         raise DatasetError(f"{where}: field 'h_samples' must be a non-empty list of numbers")
+    if not all(math.isfinite(v) for v in h):  # json reads NaN/Infinity as floats
+        raise DatasetError(f"{where}: field 'h_samples' has a non-finite value")
     if any(b <= a for a, b in zip(h, h[1:])):
         raise DatasetError(f"{where}: field 'h_samples' must increase strictly")
     lanes = obj["lanes"]
@@ -80,6 +83,8 @@ def parse_label_line(text: str, path: Path, line: int) -> LaneFrame:
     for i, lane in enumerate(lanes):
         if not _numbers(lane):
             raise DatasetError(f"{where}: field 'lanes'[{i}] must be a list of numbers")
+        if not all(math.isfinite(v) for v in lane):
+            raise DatasetError(f"{where}: field 'lanes'[{i}] has a non-finite value")
         if len(lane) != len(h):
             raise DatasetError(f"{where}: field 'lanes'[{i}] has {len(lane)} values but "
                                f"'h_samples' has {len(h)}")
