@@ -13,15 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from harness.errors import DatasetError, MissingExtra, UsageError
+from workloads.datasets.cache import make_temp_folder
 from workloads.datasets.nuscenes_geometry import matrix_to_quat, rot_z, yaw_to_quat
 from workloads.datasets.nuscenes_render import (
     CAMERA_RIG,
@@ -83,8 +82,7 @@ def write_synthetic_nuscenes(root: Path, *, version: str = "v1.0-mini", seed: in
     names = _scene_names(version, num_scenes)
     if samples_per_scene < 2:
         raise UsageError("samples_per_scene must be >= 2 (velocities come from consecutive samples)")
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-    tmp.mkdir(parents=True)
+    tmp = make_temp_folder(root.parent, root.name)  # also removes dead writers' leftovers
     try:
         _Writer(tmp, params, names).write()
         (tmp / MARKER).write_text(json.dumps(params, indent=1))
