@@ -56,6 +56,7 @@ class StreamPETRWorkload(Workload):
         # mode -> per-slot (sequence id, frame index, timestamp s) of the last frame seen;
         # rebound (never mutated) so a shallow copy of the workload cannot disturb it.
         self._last: dict[bool, tuple] = {}
+        self._model: nn.Module | None = None
 
     @classmethod
     def presets(cls) -> dict[str, StreamPETRConfig]:
@@ -115,7 +116,9 @@ class StreamPETRWorkload(Workload):
     def build_model(self) -> nn.Module:
         from workloads.streampetr.model import StreamPETR
 
-        return StreamPETR(self.config)
+        model = StreamPETR(self.config)
+        self._model = model  # its head holds the memory queue that state_dict() saves
+        return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config
@@ -154,6 +157,21 @@ class StreamPETRWorkload(Workload):
         data["prev_exists"] = torch.tensor(prev, dtype=torch.float32).to(dev)
         data["dt"] = torch.tensor(dt, dtype=torch.float32).to(dev)
         return data
+
+    # -- resume: the streaming state lives across iterations, so a checkpoint carries it --
+    def state_dict(self) -> dict[str, Any]:
+        """Per mode: the slots' last (sequence id, frame index, timestamp) and the head's
+        memory queue (embeddings, reference points, velocities, ages, poses)."""
+        memory = self._model.pts_bbox_head.memory_state() if self._model is not None else {}
+        return {"last": {("train" if mode else "eval"): [list(t) for t in slots] for mode, slots in self._last.items()},
+                "memory": memory}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._model is None:
+            raise UsageError("streampetr: load_state_dict() needs build_model() first (the memory queue lives "
+                             "on the model's head)")
+        self._last = {name == "train": tuple(tuple(t) for t in slots) for name, slots in state["last"].items()}
+        self._model.pts_bbox_head.load_memory_state(state["memory"])
 
     # -- steps --
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

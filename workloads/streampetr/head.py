@@ -80,6 +80,17 @@ class StreamPETRHead(nn.Module):
     def reset_memory(self) -> None:
         self._memory.clear()
 
+    def memory_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The queues (per mode) as plain tensors, for a checkpoint."""
+        return {("train" if mode else "eval"): dataclasses.asdict(mem) for mode, mem in self._memory.items()}
+
+    def load_memory_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Put saved queues back on this head's device (a queue on another device would be
+        taken for a stale one and reset by `_pre_update`)."""
+        dev = self.coords_d.device
+        self._memory = {name == "train": Memory(**{k: v.to(dev) for k, v in fields.items()})
+                        for name, fields in state.items()}
+
     def _pre_update(self, prev_exists: torch.Tensor, dt: torch.Tensor, ego_pose_inv: torch.Tensor) -> Memory:
         cfg, b = self.cfg, prev_exists.shape[0]
         mem = self._memory.get(self.training)

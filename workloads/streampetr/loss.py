@@ -5,9 +5,10 @@ Matching runs on the HOST (scipy's linear_sum_assignment, as the original): the 
 detached class logits and boxes of every layer go to the host in ONE copy per training
 step (`hungarian_3d`), a device sync that is inside the timed step. Cost = focal cost
 (weight 2.0) + L1 (0.25) on the first 8 code dims scaled by the code weights (no velocity),
-NaN/inf costs replaced by +-100. Normalisers: the number of GT boxes in the batch (>= 1) for
-the matched losses; for DN classification num_dn * pi / 6 * split^3 (the original's). The
-original averages these counts over ranks (reduce_mean); here each rank uses its own.
+NaN/inf costs replaced by +-100. Normalisers as the original's: classification by this
+rank's count (matched queries; for DN num_dn * pi / 6 * split^3), at least 1; the L1 terms by
+the count averaged over the data-parallel ranks (its reduce_mean; identity in one process),
+at least 1.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workloads.bevdepth.loss import mean_across_ranks
 from workloads.streampetr.config import StreamPETRConfig
 
 
@@ -81,7 +83,9 @@ def head_losses(out: dict, gt_boxes: list[torch.Tensor], gt_labels: list[torch.T
     weights = torch.tensor(cfg.code_weights, device=dev)
     gt_codes = [encode_boxes(g) for g in gt_boxes]
     matches = hungarian_3d(cls, boxes, gt_codes, gt_labels, weights)
-    num_gt = max(sum(len(g) for g in gt_labels), 1)
+    num_pos = sum(len(rows) for rows, _ in matches[0])  # every layer matches min(queries, GT) per sample
+    cls_avg = max(num_pos, 1)
+    box_avg = mean_across_ranks(torch.tensor(float(num_pos), device=dev)).clamp(min=1)
     terms: dict[str, torch.Tensor] = {}
     for layer in range(num_layers):
         labels = torch.full((b, q), n, dtype=torch.long, device=dev)
@@ -91,10 +95,10 @@ def head_losses(out: dict, gt_boxes: list[torch.Tensor], gt_labels: list[torch.T
             labels[i, rows_t] = gt_labels[i][cols_t].long()
             preds.append(boxes[layer, i, rows_t])
             targets.append(gt_codes[i][cols_t])
-        loss_cls = sigmoid_focal_loss(cls[layer].reshape(-1, n), labels.reshape(-1), num_gt)
+        loss_cls = sigmoid_focal_loss(cls[layer].reshape(-1, n), labels.reshape(-1), cls_avg)
         pred, target = torch.cat(preds), torch.cat(targets)
         valid = torch.isfinite(target).all(-1)
-        l1 = ((pred - torch.nan_to_num(target)).abs() * weights * valid[:, None]).sum() / num_gt
+        l1 = ((pred - torch.nan_to_num(target)).abs() * weights * valid[:, None]).sum() / box_avg
         name = "" if layer == num_layers - 1 else f"d{layer}."
         terms[f"frame_0_{name}loss_cls"] = torch.nan_to_num(cfg.w_cls * loss_cls)
         terms[f"frame_0_{name}loss_bbox"] = torch.nan_to_num(cfg.w_bbox * l1)
@@ -109,7 +113,8 @@ def _dn_losses(out: dict, cfg: StreamPETRConfig, weights: torch.Tensor) -> dict[
     num_layers, _, _, n = cls.shape
     terms = {}
     num_dn = len(known["labels"])
-    cls_avg = max(num_dn * math.pi / 6 * cfg.dn_split ** 3, 1e-6)
+    cls_avg = max(num_dn * math.pi / 6 * cfg.dn_split ** 3, 1.0)
+    box_avg = mean_across_ranks(torch.tensor(float(num_dn), device=cls.device)).clamp(min=1)
     target = encode_boxes(known["boxes"]) if num_dn else boxes.new_zeros(0, 10)
     valid = torch.isfinite(target).all(-1)
     for layer in range(num_layers):
@@ -117,7 +122,7 @@ def _dn_losses(out: dict, cfg: StreamPETRConfig, weights: torch.Tensor) -> dict[
         pred_box = boxes[layer, known["batch_idx"], known["slot"]]
         loss_cls = sigmoid_focal_loss(pred_cls, known["labels"], cls_avg)
         # every DN query regresses its GT, background-labelled ones too (the original's ones weights)
-        l1 = ((pred_box - torch.nan_to_num(target)).abs() * weights * valid[:, None]).sum() / max(num_dn, 1)
+        l1 = ((pred_box - torch.nan_to_num(target)).abs() * weights * valid[:, None]).sum() / box_avg
         name = "" if layer == num_layers - 1 else f"d{layer}."
         terms[f"frame_0_{name}dn_loss_cls"] = torch.nan_to_num(cfg.w_cls * loss_cls)
         terms[f"frame_0_{name}dn_loss_bbox"] = torch.nan_to_num(cfg.w_bbox * l1)
