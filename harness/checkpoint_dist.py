@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 from harness.checkpoint import checkpoint_dir, list_checkpoints, save_periodic
 from harness.errors import UsageError
-from harness.safe_load import safe_torch_load
 
 # What a rank's share holds; everything else in a checkpoint is rank 0's and shared.
 RANK_KEYS = ("rng", "data", "workload_state", "pending", "losses", "evals", "timer", "memory",
@@ -97,9 +96,11 @@ def engine_problem(out_dir: Path, state: dict[str, Any]) -> str | None:
     files = sorted(folder.glob("*.pt")) if folder.is_dir() else []
     if not files:
         return f"its engine files ({folder}) are missing"
+    from harness.deepspeed_strategy import load_engine_file
+
     for path in files:
         try:
-            safe_torch_load(path)
+            load_engine_file(path)
         except UsageError as exc:
             return f"engine file {path.name}: {exc}"
     return None

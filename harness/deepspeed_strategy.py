@@ -31,6 +31,30 @@ if TYPE_CHECKING:
     from harness.config import RunConfig
 
 
+def engine_safe_globals() -> list[Any]:
+    """DeepSpeed's data-only classes in its checkpoints (ZeRO optimizer files hold the loss
+    scaler object, the stage enum, fragment addresses): allowed for weights_only unpickling,
+    which builds them from their fields without calling any of their code."""
+    found: list[Any] = []
+    for module, name in (("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                         ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+                         ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue  # another DeepSpeed version: that file is then refused, not loaded unsafely
+    return found
+
+
+def load_engine_file(path: Path) -> Any:
+    """One of the engine's checkpoint files, weights_only with DeepSpeed's data classes."""
+    from harness.safe_load import safe_torch_load
+
+    with torch.serialization.safe_globals(engine_safe_globals()):
+        return safe_torch_load(path)
+
+
 class _WeightsOnlyLoads:
     """A DeepSpeed checkpoint engine whose load() is torch.load(weights_only=True); the rest
     (save, commit, ...) is the wrapped engine's."""
@@ -39,9 +63,7 @@ class _WeightsOnlyLoads:
         self._inner = inner
 
     def load(self, path: str, map_location: Any = None) -> Any:
-        from harness.safe_load import safe_torch_load
-
-        return safe_torch_load(Path(path))  # onto the CPU; the engine copies into its params
+        return load_engine_file(Path(path))  # onto the CPU; the engine copies into its params
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
