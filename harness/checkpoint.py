@@ -10,6 +10,8 @@ timed steps of earlier segments).
 
 Writes are atomic: a unique temp file in the same folder, fsync, rename; the previous
 checkpoint stays until the new one is complete, and a failed write removes its temp file.
+Multi-process runs (DDP, DeepSpeed) split this state into a shared part and one share per
+rank: harness/checkpoint_dist.py.
 """
 from __future__ import annotations
 
