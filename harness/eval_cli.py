@@ -22,9 +22,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.evaluation import EvalConfig, run_eval
+    from harness.run_checks import validate_eval_numbers
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+    validate_eval_numbers(args)
     cfg = EvalConfig(
         workload=args.workload, checkpoint=args.checkpoint, backend=args.backend,
         mode=args.mode or "", precision=args.precision, scale=args.scale, data=args.data,
@@ -33,7 +33,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         num_workers=args.num_workers, emulate=args.emulate, onnx=args.onnx, opset=args.opset,
         agreement_batches=args.agreement_batches, profile=args.profile,
         profile_steps=args.profile_steps)
-    record = run_eval(cfg)
+    record = run_eval(cfg, overwrite=args.overwrite)
     tp = record.get("throughput") or {}
     parts = [f"status {record['status']}"]
     if tp.get("samples_per_s"):
@@ -67,6 +67,9 @@ def add_eval(sub: Any) -> None:
     p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="eval folder (default runs/eval-<workload>-...)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out DIR holds a previous evaluation: delete its files first "
+                        "(default: refused; a training run's folder is always refused)")
     p.add_argument("--emulate", action="store_true",
                    help="run on a CPU-emulated device (portability dry run)")
     p.add_argument("--profile", action="store_true",
@@ -85,9 +88,14 @@ def add_eval(sub: Any) -> None:
 # ----------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from harness.export import DEFAULT_OPSET, export_for_checkpoint
+    from harness.run_checks import validate_eval_numbers
 
+    validate_eval_numbers(args)
     if args.format != "onnx":
         raise UsageError(f"unknown export format {args.format!r} (valid: onnx)")
+    if args.out is not None and Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a folder: give the file to write "
+                         f"(e.g. {Path(args.out) / 'model.onnx'})")
     info = export_for_checkpoint(args.workload, args.checkpoint, args.out, args.opset or DEFAULT_OPSET,
                                  scale=args.scale, data=args.data, cache_dir=args.cache_dir,
                                  overrides=tuple(args.overrides))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import time
 import traceback
@@ -25,14 +26,15 @@ from harness.config import RunConfig, config_to_dict
 from harness.errors import HarnessError, RunInterrupted, UsageError, worker_error_origin
 from harness.eval_config import EvalConfig, build_workload, check_checkpoint_config
 from harness.inference import raw_output_agreement, run_inference
+from harness.outdir import RunFolder, claim_run_folder, default_run_folder
 from harness.prepare import PreparedRun, resolve_run, setup_run
 from harness.records import SCHEMA, environment, write_json_atomic
 from harness.safe_load import Checkpoint, load_weights
 
 
 def default_out_dir(cfg: EvalConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"eval-{cfg.workload}-{cfg.backend}-{cfg.precision}-{stamp}"
+    """runs/eval-<workload>-<backend>-<precision>-<time>-<random>: unique within a second."""
+    return default_run_folder(f"eval-{cfg.workload}", cfg.backend, cfg.precision)
 
 
 def _status_for(exc: BaseException) -> str:
@@ -72,11 +74,13 @@ def _write_predictions(workload: Workload, predictions: list[Any],
     return info
 
 
-def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint; return the record (also written to <out>/record.json).
 
     Usage errors found before the record exists (bad names, a checkpoint of another
-    workload or config) raise without one; anything later is recorded, then re-raised.
+    workload or config, an --out folder holding a record) raise without one; anything
+    later is recorded, then re-raised. `overwrite`: an --out folder holding a previous
+    evaluation is cleared first (never a training run's folder).
     """
     backend_cls = plugins.get_backend(cfg.backend)  # bad names and flags before any loading
     backend_cls.validate(cfg.mode or backend_cls.capabilities.default_mode, cfg.precision)
@@ -87,11 +91,40 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         scale=scale, data=cfg.data, eval_batch_size=cfg.batch_size, seed=cfg.seed,
         overrides=cfg.overrides, out=cfg.out, cache_dir=cfg.cache_dir,
         num_workers=cfg.num_workers, emulate=cfg.emulate), workload=workload)
-    backend = prepared.backend
     data = prepared.load_data()
     check_checkpoint_config(cfg, workload, ckpt, scale)
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = _claim_eval_folder(out_dir, overwrite, Path(cfg.checkpoint))
+    try:
+        return _run_eval(cfg, prepared, workload, ckpt, scale, data, out_dir)
+    finally:
+        folder.release()
+
+
+def _claim_eval_folder(out_dir: Path, overwrite: bool, checkpoint: Path) -> RunFolder:
+    """Lock --out for this evaluation; a folder holding a record is refused (a training
+    run's always; a previous evaluation's unless `overwrite`, which clears it first)."""
+    record = out_dir / "record.json"
+    if record.is_file():
+        try:
+            kind = json.loads(record.read_text()).get("kind", "train")
+        except (OSError, ValueError, AttributeError):
+            kind = "unreadable"
+        if kind != "eval":
+            raise UsageError(f"--out {out_dir} holds a run's record ({record}, kind {kind}): "
+                             f"an evaluation writes its own folder; choose another --out")
+        if not overwrite:
+            raise UsageError(f"--out {out_dir} already holds an evaluation ({record}): pass "
+                             f"--overwrite to replace it, or choose another --out")
+        if out_dir.resolve() in checkpoint.resolve().parents:
+            raise UsageError(f"--overwrite {out_dir}: would delete the checkpoint being "
+                             f"evaluated ({checkpoint}); choose another --out")
+    return claim_run_folder(out_dir, overwrite=overwrite)
+
+
+def _run_eval(cfg: EvalConfig, prepared: PreparedRun, workload: Workload, ckpt: Checkpoint,
+              scale: str, data: Any, out_dir: Path) -> dict[str, Any]:
+    backend = prepared.backend
     started = time.time()
     record: dict[str, Any] = {
         "schema": SCHEMA, "kind": "eval", "workload": cfg.workload, "scale": scale,

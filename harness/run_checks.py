@@ -30,9 +30,30 @@ _NUMERIC_RUN_OPTIONS: tuple[tuple[str, str, float, bool], ...] = (
 )
 
 
+# `harness eval` and `harness export` (an option a verb does not have is skipped).
+_NUMERIC_EVAL_OPTIONS: tuple[tuple[str, str, float, bool], ...] = (
+    ("--batch-size", "batch_size", 1, False),
+    ("--warmup-batches", "warmup_batches", 0, False),
+    ("--workers", "num_workers", 0, False),
+    ("--profile-steps", "profile_steps", 1, False),
+    ("--agreement-batches", "agreement_batches", 0, False),
+    ("--opset", "opset", 1, False),
+)
+
+
 def validate_run_numbers(args: argparse.Namespace) -> None:
     """Every numeric `harness run` option in range, or a UsageError naming it (exit 2)."""
-    for flag, dest, low, strict in _NUMERIC_RUN_OPTIONS:
+    _check_numbers(args, _NUMERIC_RUN_OPTIONS)
+
+
+def validate_eval_numbers(args: argparse.Namespace) -> None:
+    """The same for `harness eval` / `harness export`, before a checkpoint is read."""
+    _check_numbers(args, _NUMERIC_EVAL_OPTIONS)
+
+
+def _check_numbers(args: argparse.Namespace,
+                   table: tuple[tuple[str, str, float, bool], ...]) -> None:
+    for flag, dest, low, strict in table:
         value = getattr(args, dest, None)
         if value is None:
             continue

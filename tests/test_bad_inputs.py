@@ -105,7 +105,46 @@ def _still_a_file(out: Path) -> None:
     assert out.read_text() == "not a folder"
 
 
+def _checkpoint(out: Path) -> None:
+    """A tiny run's checkpoint.pt at {tmp}/ckpt.pt (as save_checkpoint writes it)."""
+    import torch
+
+    from harness.config import config_to_dict
+    from tests.tiny_workload import TinyConfig
+
+    torch.save({"model": torch.nn.Linear(8, 3).state_dict(), "step": 2, "workload": "tiny",
+                "workload_config": config_to_dict(TinyConfig())}, out.parent / "ckpt.pt")
+
+
+def _garbage_checkpoint(out: Path) -> None:
+    (out.parent / "ckpt.pt").write_bytes(b"not a checkpoint")
+
+
+def _checkpoint_and_previous_run(out: Path) -> None:
+    _checkpoint(out)
+    _previous_run(out)
+
+
+def _previous_eval(out: Path) -> None:
+    _checkpoint(out)
+    out.mkdir(parents=True)
+    (out / "record.json").write_text('{"kind": "eval", "status": "ok", "marker": "previous"}')
+
+
+def _previous_eval_untouched(out: Path) -> None:
+    assert json.loads((out / "record.json").read_text())["marker"] == "previous"
+    assert sorted(p.name for p in out.iterdir()) == ["record.json"]
+
+
+def _eval_replaced_cleanly(out: Path) -> None:
+    record = json.loads((out / "record.json").read_text())
+    assert record["kind"] == "eval" and record["status"] == "ok" and "marker" not in record
+    assert not (out / LOCK_NAME).exists()
+
+
 RUN = ("run", "tiny", "--out", "{out}")
+EVAL = ("eval", "tiny", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{out}")
+EXPORT = ("export", "tiny", "--checkpoint", "{tmp}/ckpt.pt")
 MATRIX: list[Case] = [
     # numeric options, refused before anything is touched
     Case("steps-0", (*RUN, "--steps", "0"), USAGE, "--steps 0: must be >= 1", after=_nothing_written),
@@ -183,6 +222,57 @@ MATRIX: list[Case] = [
          setup=lambda out: (out.mkdir(), (out / "record.json").write_text('{"schema": '))),
     Case("eval-no-checkpoint", ("eval", "tiny", "--checkpoint", "{out}/none.pt"), USAGE,
          "no checkpoint"),
+    # harness eval / export: checkpoints, options and folders
+    Case("eval-checkpoint-is-a-folder", ("eval", "tiny", "--checkpoint", "{tmp}"), USAGE,
+         "no checkpoint at"),
+    Case("eval-checkpoint-not-a-checkpoint", EVAL, USAGE, "refused: loading it needs more",
+         setup=_garbage_checkpoint, after=_nothing_written),
+    Case("eval-checkpoint-of-another-workload", ("eval", "yolov3", *EVAL[2:]), USAGE,
+         "holds a 'tiny' model, not 'yolov3'", setup=_checkpoint, after=_nothing_written),
+    Case("eval-checkpoint-of-another-config", (*EVAL, "--scale", "full"), USAGE,
+         "mismatching keys: features: checkpoint 8, here 32", setup=_checkpoint,
+         after=_nothing_written),
+    Case("eval-weights-do-not-fit", (*EVAL, "--set", "features=4"), USAGE,
+         "weights do not fit the model", setup=_checkpoint),
+    Case("eval-unknown-scale", (*EVAL, "--scale", "huge"), USAGE, "no scale 'huge'",
+         setup=_checkpoint, after=_nothing_written),
+    Case("eval-config-nan", (*EVAL, "--set", "lr=nan"), USAGE, "config lr=nan: must be finite",
+         setup=_checkpoint, after=_nothing_written),
+    Case("eval-batch-size-0", (*EVAL, "--batch-size", "0"), USAGE, "--batch-size 0: must be >= 1",
+         setup=_checkpoint, after=_nothing_written),
+    Case("eval-warmup-negative", (*EVAL, "--warmup-batches", "-1"), USAGE,
+         "--warmup-batches -1: must be >= 0", setup=_checkpoint, after=_nothing_written),
+    Case("eval-workers-negative", (*EVAL, "--workers", "-1"), USAGE, "--workers -1: must be >= 0",
+         setup=_checkpoint, after=_nothing_written),
+    Case("eval-seed-negative", (*EVAL, "--seed", "-1"), USAGE, "--seed -1: must be in 0..",
+         setup=_checkpoint, after=_nothing_written),
+    Case("eval-profile-steps-0", (*EVAL, "--profile", "--profile-steps", "0"), USAGE,
+         "--profile-steps 0: must be >= 1", setup=_checkpoint, after=_nothing_written),
+    Case("eval-agreement-batches-negative", (*EVAL, "--agreement-batches", "-1"), USAGE,
+         "--agreement-batches -1", setup=_checkpoint, after=_nothing_written),
+    Case("eval-opset-0", (*EVAL, "--opset", "0"), USAGE, "--opset 0: must be >= 1",
+         setup=_checkpoint, after=_nothing_written),
+    Case("eval-out-holds-a-training-run", EVAL, USAGE, "holds a run's record",
+         setup=_checkpoint_and_previous_run, after=_previous_run_untouched),
+    Case("eval-out-holds-an-evaluation", EVAL, USAGE, "already holds an evaluation",
+         setup=_previous_eval, after=_previous_eval_untouched),
+    Case("eval-overwrite-replaces-an-evaluation", (*EVAL, "--overwrite"), OK, "",
+         setup=_previous_eval, after=_eval_replaced_cleanly),
+    Case("eval-onnx-graph-missing", (*EVAL, "--backend", "onnxruntime", "--onnx",
+                                     "{tmp}/none.onnx"), USAGE, "no ONNX graph at",
+         setup=_checkpoint, after=_record_status("failed")),
+    Case("export-no-checkpoint", ("export", "tiny", "--checkpoint", "{tmp}/none.pt"), USAGE,
+         "no checkpoint at"),
+    Case("export-not-a-checkpoint", EXPORT, USAGE, "refused: loading it needs more",
+         setup=_garbage_checkpoint),
+    Case("export-checkpoint-of-another-workload", ("export", "yolov3", *EXPORT[2:]), USAGE,
+         "holds a 'tiny' model", setup=_checkpoint),
+    Case("export-unknown-format", (*EXPORT, "--format", "tflite"), USAGE,
+         "unknown export format 'tflite'", setup=_checkpoint),
+    Case("export-opset-0", (*EXPORT, "--opset", "0", "--out", "{out}.onnx"), USAGE,
+         "--opset 0: must be >= 1", setup=_checkpoint),
+    Case("export-out-is-a-folder", (*EXPORT, "--out", "{tmp}"), USAGE,
+         "is a folder: give the file to write", setup=_checkpoint),
     # runs that fail: exit 1, the record says why
     Case("diverged", (*RUN, "--steps", "20", "--set", "nan_at_step=3", "--no-eval"), FAILED,
          "non-finite loss at step 3", after=_record_status("diverged")),
