@@ -186,4 +186,4 @@ def load_or_create_streampetr_infos(root: Path, version: str) -> dict[str, list[
         with open(tmp, "wb") as f:
             pickle.dump(rows, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
-    return infos
+    return {s: load_infos(Path(root) / f"{INFO_STEM}_{s}.pkl") for s in infos}  # as checked later
