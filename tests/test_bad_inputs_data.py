@@ -143,3 +143,35 @@ def test_failing_evaluation_keeps_the_trained_weights(
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 4 and saved["workload"] == "brokendata"
     assert set(saved["model"]) == {"weight", "bias"}
+
+
+class _Raising(torch.utils.data.Dataset):
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [
+    DatasetError("a.json: field 'bbox' has a non-finite value\nsecond line"),
+    FileNotFoundError(2, "No such file or directory", "/data/img 1.jpg"),
+])
+def test_worker_error_origin_gives_back_the_workers_error(error: BaseException) -> None:
+    from harness.errors import worker_error_origin
+
+    loader = torch.utils.data.DataLoader(_Raising(error), num_workers=1)
+    with pytest.raises(type(error)) as info:
+        next(iter(loader))
+    assert "DataLoader worker process 0" in str(info.value)  # torch's version
+    origin = worker_error_origin(info.value)
+    assert type(origin) is type(error) and str(origin) == str(error)
+    assert origin.__cause__ is info.value  # --debug still shows the worker's traceback
+    if isinstance(error, OSError):
+        assert isinstance(origin, OSError)
+        assert (origin.errno, origin.filename) == (error.errno, error.filename)
+    plain = RuntimeError("not from a worker")
+    assert worker_error_origin(plain) is plain
