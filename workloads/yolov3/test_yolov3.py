@@ -229,7 +229,10 @@ def test_smoke_training_reaches_reference(harness_run: Callable[..., dict[str, A
     assert _untrained_ap50(harness_cache) < 0.05
     record = harness_run("yolov3", seed=0, checkpoint=False)
     assert record["status"] == "ok"
-    assert record["metrics"]["AP50"] >= 0.5, record["metrics"]
+    # Gates at mean - 3 std over seeds 0-2 at 1df8442 (reference_results/yolov3.csv smoke rows:
+    # AP50 0.848 +- 0.0053 -> 0.832, AP 0.518 +- 0.0101 -> 0.488), rounded down.
+    assert record["metrics"]["AP50"] >= 0.83, record["metrics"]
+    assert record["metrics"]["AP"] >= 0.48, record["metrics"]
 
 
 def test_backbone_weights_load_from_a_local_file(tmp_path: Any) -> None:
