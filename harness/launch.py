@@ -65,7 +65,7 @@ def torchrun_command(args: argparse.Namespace, worker_argv: Sequence[str]) -> li
         if not host or not port.isdigit():
             raise UsageError(f"--nnodes {args.nnodes} needs --rdzv-endpoint HOST:PORT "
                              f"(got {endpoint or 'none'}): the address every node can reach")
-        if args.out is None:
+        if args.out is None and getattr(args, "resume", None) is None:  # --resume DIR is one
             raise UsageError("a multi-node run needs --out (the same folder on every node, on "
                              "a shared filesystem): only global rank 0 writes record.json")
         cmd += [f"--nnodes={args.nnodes}", f"--rdzv-endpoint={endpoint}"]

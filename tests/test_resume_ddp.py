@@ -181,3 +181,31 @@ def test_streampetr_ddp_resume_restores_each_ranks_memory_queue(tmp_path: Path) 
         assert got["status"] == "ok", got["error"]
         assert _loss_rows(got) == _loss_rows(want)
         assert got["metrics"] == want["metrics"]
+
+
+def test_resume_relaunches_into_the_recorded_folder(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers get --resume DIR, no stamped --out; a multi-node resume needs no --out."""
+    import argparse
+
+    from harness import cli, launch
+    from harness.config import RunConfig
+    from harness.launch import add_launch_arguments, torchrun_command
+
+    (tmp_path / "record.json").write_text(json.dumps(
+        {"kind": "train", "status": "interrupted", "world_size": 2,
+         "config": {"run": RunConfig(workload="tiny", steps=5).to_dict()}}))
+    launched: list[list[str]] = []
+    monkeypatch.setattr(launch, "run_process_tree", lambda cmd: launched.append(cmd) or 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert cli.main(["run", "--resume", str(tmp_path), "--nproc", "2"]) == 0
+    worker = launched[0][launched[0].index("harness.cli") + 1:]
+    assert worker == ["run", "--resume", str(tmp_path)]
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    parser.add_argument("--resume")
+    add_launch_arguments(parser)
+    args = parser.parse_args(["--nnodes", "2", "--rdzv-endpoint", "node0:29400", "--resume", "r"])
+    cmd = torchrun_command(args, ["run", "--resume", "r"])
+    assert "--nnodes=2" in cmd and cmd[-3:] == ["run", "--resume", "r"]
