@@ -205,7 +205,7 @@ def check_config_values(cfg: Any, prefix: str = "") -> None:
     """Every numeric field of (nested) config dataclass `cfg` finite, and in the range its
     name implies; then the config's own `validate()` if it has one. ConfigError (exit 2)
     naming the first bad field."""
-    for f in dataclasses.fields(cfg):
+    for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(cfg) else ():
         value = getattr(cfg, f.name)
         key = prefix + f.name
         if dataclasses.is_dataclass(value) and not isinstance(value, type):

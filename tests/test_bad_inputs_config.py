@@ -117,3 +117,14 @@ def test_every_preset_of_every_workload_passes_its_own_checks() -> None:
     for name in ("yolov3", "bevdepth", "matrixvt", "lanes", "openlanev2", "streampetr"):
         for cfg in plugins.get_workload(name).presets().values():
             check_config_values(cfg)  # a preset that fails would refuse every run of it
+
+
+def test_a_plugin_config_that_is_no_dataclass_gets_only_its_own_validate() -> None:
+    class PlainConfig:
+        lr = float("nan")  # not looked at: no dataclass fields to walk
+
+        def validate(self) -> None:
+            raise ConfigError.bad_value("depth", -1, "must be >= 1")
+
+    with pytest.raises(ConfigError, match="config depth=-1: must be >= 1"):
+        check_config_values(PlainConfig())
