@@ -25,7 +25,7 @@ def _tusimple_line(lanes: Any, h: Any = None) -> str:
     (_tusimple_line([[100, 101, 102], [300, 301, 302]]).replace("301", "NaN"), "'lanes'[1]"),
     (_tusimple_line([[100, 101, 102]]).replace("102", "Infinity"), "'lanes'[0]"),
     (_tusimple_line([[100, 101, 102]]).replace("180]", "-Infinity]"), "'h_samples'"),
-])
+], ids=["nan-in-a-lane", "inf-in-a-lane", "inf-in-h_samples"])
 def test_tusimple_non_finite_number_is_a_dataset_error(text: str, field: str,
                                                        tmp_path: Path) -> None:
     from workloads.datasets.tusimple import read_label_file
