@@ -113,3 +113,20 @@ def test_the_cache_key_follows_the_path_and_the_stamp_files(tmp_path: Path) -> N
     (a / "t.json").write_text("[1, 2]")  # a changed table: new derived files, not stale ones
     assert cache_folder(a, tmp_path, [a / "t.json"]) != before
     assert cache_folder(a, None).parent == derived.default_cache() / "derived"
+
+
+def test_bevdepth_reads_a_read_only_root_end_to_end(fresh_root: Path, tmp_path: Path, monkeypatch) -> None:
+    # What `harness run bevdepth --data /ro/nuscenes` does: the workload's own datasets() call.
+    from workloads.bevdepth import BEVDepthWorkload
+
+    before = _tree(fresh_root)
+    monkeypatch.setattr(derived, "root_is_writable", lambda root: False)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "harness-cache"))
+    wl = BEVDepthWorkload(BEVDepthWorkload.presets()["smoke"])
+    data = wl.datasets(fresh_root, tmp_path / "run-cache")
+    assert len(data.train) > 0 and len(data.val) > 0
+    assert _tree(fresh_root) == before
+    # the run's cache once bevdepth passes cache_dir to load_or_create_infos; $HARNESS_CACHE now
+    written = [p for cache in ("run-cache", "harness-cache")
+               for p in (tmp_path / cache / "derived").rglob("nuscenes_infos_*.pkl")]
+    assert len(written) == 2
