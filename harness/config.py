@@ -188,7 +188,10 @@ def _numbers(value: Any) -> list[float] | None:
     if not items or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                             for v in items):
         return None
-    return [float(v) for v in items]
+    try:
+        return [float(v) for v in items]
+    except OverflowError:  # an int beyond any float (--set steps=999...9): not finite
+        return [math.inf]
 
 
 def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
