@@ -48,9 +48,9 @@ def cache_folder(root: Path, cache_dir: Path | None = None, stamp: Iterable[Path
     """ROOT's derived-files folder in the cache (not created here)."""
     root = Path(root).resolve()
     key = [str(root)]
-    for path in stamp:
+    for path in (Path(p).resolve() for p in stamp):  # absolute: the same key from any cwd
         try:
-            st = Path(path).stat()
+            st = path.stat()
         except OSError:
             key.append(f"{path}:missing")
         else:
