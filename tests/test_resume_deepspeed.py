@@ -63,14 +63,16 @@ def test_deepspeed_sigterm_then_resume_is_exact(tmp_path: Path, layout: str) -> 
     env = {**os.environ, "HARNESS_PLUGINS": f"tests.tiny_workload,{plugin}",
            "OMP_NUM_THREADS": "1"}
     args = [workload, *launch, "--deepspeed", "--precision", "bf16", "--deterministic",
-            "--steps", "30", "--checkpoint-interval", "10", "--log-interval", "3",
-            "--warmup-steps", "2"]
+            "--steps", "30", "--checkpoint-interval", "10", "--keep-checkpoints", "1",
+            "--log-interval", "3", "--warmup-steps", "2"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _harness(*args, "--out", str(whole), env=env)
     _harness(*args, "--out", str(cut), env={**env, kill: "25"}, check=None)
     assert json.loads((cut / "record.json").read_text())["status"] == "interrupted"
     engine_tags = cut / "checkpoints" / "deepspeed"
-    assert sorted(p.name for p in engine_tags.iterdir() if p.is_dir()) == ["step_10", "step_20"]
+    # --keep-checkpoints 1: step_10's engine folder went with its step file
+    assert [p.name for p in engine_tags.iterdir() if p.is_dir()] == ["step_20"]
+    assert [p.name for p in (cut / "checkpoints").glob("step_*.pt")] == ["step_20.pt"]
     ckpt = safe_torch_load(cut / "checkpoints" / "step_20.pt")
     assert ckpt["engine"] == {"dir": "deepspeed", "tag": "step_20"} and "model" not in ckpt
 
