@@ -206,7 +206,8 @@ def execute(config: RunConfig, resume: Path | None = None,
         raise
     ending = _Ending(record)
     progress: dict[str, Any] = {}
-    single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and config.deepspeed is None
+    # One process (DeepSpeed's included: its engine checkpoints like any other step's).
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     with _sigterm_as_interrupt(), _first_sigint_finishes_the_step(progress, single):
         try:
             _execute_run(prepared, run, record, pm, resume_state, progress)

@@ -105,3 +105,24 @@ def test_deepspeed_sigterm_then_resume_is_exact(tmp_path: Path, layout: str) -> 
                                         want_ck["optimizer"]["fp32_groups"])
                for a, b in zip(ga, gb)]
     assert masters and all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in masters)
+
+
+@needs_deepspeed
+@needs_compiler
+@pytest.mark.slow
+def test_deepspeed_first_ctrl_c_finishes_the_step_with_a_checkpoint(tmp_path: Path) -> None:
+    """One process under DeepSpeed: the first SIGINT finishes step 7, the engine and the
+    harness write step_7, and the resumed run is the uninterrupted one."""
+    env = {**os.environ, "HARNESS_PLUGINS": "tests.tiny_workload,tests.test_resume",
+           "OMP_NUM_THREADS": "1"}
+    args = ["tiny_noisy", "--deepspeed", "--precision", "bf16", "--deterministic", "--steps",
+            "12", "--log-interval", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _harness(*args, "--out", str(whole), env=env)
+    _harness(*args, "--out", str(cut), env={**env, "RESUME_TEST_SIGINT_AT": "7"}, check=None)
+    record = json.loads((cut / "record.json").read_text())
+    assert record["status"] == "interrupted" and "stopped after step 7" in record["error"]
+    assert (cut / "checkpoints" / "deepspeed" / "step_7").is_dir()
+    _harness("--resume", str(cut), env=env)
+    got, want = (json.loads((d / "record.json").read_text()) for d in (cut, whole))
+    assert got["status"] == "ok" and _loss_rows(got) == _loss_rows(want)
