@@ -6,7 +6,9 @@ after building model, optimizer, scheduler and scaler.
 
 Workloads with state of their own (a temporal memory queue, a running statistic outside the
 model) may define `state_dict() -> dict` (tensors and plain values) and
-`load_state_dict(state)`; the harness stores it in every checkpoint and restores it on resume.
+`load_state_dict(state)`; the harness stores it in every checkpoint and restores it on resume
+(under DDP, each rank's own: harness/checkpoint_dist.py). A resumed run has the recorded
+number of processes; DeepSpeed's model and optimizer come back through its engine.
 """
 from __future__ import annotations
 
