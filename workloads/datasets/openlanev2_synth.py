@@ -8,14 +8,20 @@ front-camera boxes, topology_lclc and topology_lcte) and the images
 the others 2048x1550; `image_scale` shrinks them and their K alike).
 
 Each segment is a road through an intersection: 2-3 parallel lanes whose centerlines run
-approach -> connector -> exit (lane-lane edges where one ends and the next starts), a left-turn
-connector from the leftmost approach lane, one traffic light above each approach lane (red,
-green or yellow, linked to its approach lane and connector) and one arrow sign (attribute
-4..12, linked to every approach lane). The ego drives along the road, 2 m per frame. Images
-are rendered by projecting the 3D scene with the rig's calibration: asphalt below the horizon,
-sky above, each centerline as a painted stripe whose width follows its depth, small stop bars
-where segments meet, and the lights/signs as coloured panels; the boxes in the annotation are
-the projected panels, so everything annotated is visible where the camera sees it.
+approach -> connector -> exit (lane-lane edges where one ends and the next starts) and a
+left-turn connector from the leftmost approach lane. Traffic elements, as the real data has
+them: one light per approach lane on the mast arm past the junction (unknown/dark, red, green
+or yellow; linked to its approach lane and connector), one lane-use sign per approach lane
+(linked to it) and one sign for the whole approach (linked to every approach lane), signs
+carrying attributes 4..12. Attributes are dealt per split from a shuffled deck (AttributeDeck)
+so each split holds all 13 when it has the elements for them, and every element's position and
+size are drawn until it lies fully inside the front view in every frame of its segment beside
+another. The ego drives along the road, 2 m per frame. Images are rendered by
+projecting the 3D scene with the rig's calibration: asphalt below the horizon, sky above, each
+centerline as a painted stripe whose width follows its depth, small stop bars where segments
+meet, and the elements as dark panels filled with their attribute's colour (one colour per
+attribute, so it can be learned from pixels); the boxes in the annotation are the projected
+panels, so everything annotated is visible where the camera sees it.
 """
 from __future__ import annotations
 
@@ -72,23 +78,87 @@ def _road_point(s: np.ndarray, off: float, road: dict) -> np.ndarray:
     return np.stack([x, y, road["slope"] * s], -1)
 
 
-def _segment_scene(rng: np.random.Generator, frames: int) -> dict:
+class AttributeDeck:
+    """Attributes dealt from a shuffled deck, reshuffled when empty: every attribute of the deck
+    appears once before any repeats, so a split with enough elements holds all of them (the
+    devkit's DET_t averages AP over the 13 attributes and scores an attribute absent from both
+    ground truth and predictions as AP 1, so a val set missing attributes hands an untrained
+    model free points)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.cards: dict[tuple[int, ...], list[int]] = {}
+
+    def deal(self, attributes: tuple[int, ...]) -> int:
+        cards = self.cards.setdefault(attributes, [])
+        if not cards:
+            cards.extend(int(a) for a in self.rng.permutation(attributes))
+        return cards.pop()
+
+    def put_back(self, attributes: tuple[int, ...], attribute: int) -> None:
+        """An element that found no place returns its card, to be dealt next."""
+        self.cards[attributes].append(attribute)
+
+
+LIGHT_ATTRIBUTES = (0, 1, 2, 3)  # unknown (dark), red, green, yellow
+SIGN_ATTRIBUTES = tuple(range(4, 13))  # the arrow / prohibition signs
+# Elements side by side keep a tenth of the image width between centres: at the smoke input
+# (128 px wide, stride-16 features) about one feature column each, so an element's colour is
+# not averaged with its neighbour's in the cell the detector reads.
+MIN_GAP = 0.1
+
+
+def _front_box(te: dict, ego_x: float) -> tuple[float, float, float, float] | None:
+    """The element's full-resolution front-camera box from ego position ego_x, or None when
+    any corner is behind the camera or outside the image."""
+    k, rot, trans, (w, h) = camera_calibration(CAMERAS[0], 1.0)
+    cam = _to_cam(_panel_corners(te, (np.array([ego_x, 0.0, 0.0]), 0.0)), rot, trans)
+    if (cam[:, 2] < 1.0).any():
+        return None
+    uv = _project(cam, k)
+    x1, y1 = uv.min(0)
+    x2, y2 = uv.max(0)
+    if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+        return None
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def _apart(a: tuple[float, ...], b: tuple[float, ...], width: float) -> bool:
+    """Side by side (rows overlapping), the centres are at least MIN_GAP of the width apart."""
+    rows_overlap = min(a[3], b[3]) > max(a[1], b[1])
+    return not rows_overlap or abs(a[0] + a[2] - b[0] - b[2]) / 2 >= MIN_GAP * width
+
+
+def _place(te: dict, propose, placed: list[dict], frames: int,
+           rng: np.random.Generator) -> dict | None:
+    """Draw the element's position from `propose` until it is fully inside the front view in
+    the segment's first and last frames and stands apart from every element already placed
+    (`_apart`),
+    so every element is annotated, visible and tellable apart in every frame."""
+    for _ in range(100):
+        te["center"], te["size"] = propose(rng)
+        boxes = [_front_box(te, x) for x in (0.0, STEP_M * (frames - 1))]
+        if any(b is None for b in boxes):
+            continue
+        if all(_apart(b, _front_box(o, x), REAL_SIZE[CAMERAS[0]][0]) for o in placed
+               for b, x in zip(boxes, (0.0, STEP_M * (frames - 1)))):
+            return te
+    return None
+
+
+def _segment_scene(rng: np.random.Generator, frames: int, deck: AttributeDeck) -> dict:
     road = {"theta": rng.uniform(-0.12, 0.12), "kappa": rng.uniform(-0.004, 0.004),
             "x0": 0.0, "y0": rng.uniform(-1.5, 1.5), "slope": rng.uniform(-0.01, 0.01)}
     n_lanes = int(rng.integers(2, 4))
     travel = STEP_M * (frames - 1)
-    stop = rng.uniform(8, 22) + travel  # arc length of the stop line, ahead of the last frame
+    stop = rng.uniform(10, 20) + travel  # arc length of the stop line, ahead of the last frame
     offs = [(k - rng.integers(0, n_lanes)) * LANE_W for k in range(n_lanes)]
-    lanes, edges, lights = [], [], []
+    lanes, edges = [], []
     for off in offs:
         base = len(lanes)
         for s0, s1 in ((stop - 60, stop), (stop, stop + 14), (stop + 14, stop + 60)):
             lanes.append(_road_point(np.linspace(s0, s1, 201), off, road))
         edges += [(base, base + 1), (base + 1, base + 2)]
-        colour = int(rng.choice([1, 2, 3]))
-        lights.append({"attribute": colour, "category": 1, "center": _road_point(
-            np.array([stop + 6.0]), off, road)[0] + [0, 0, 4.5], "size": (3.0, 5.0),
-            "lanes": [base, base + 1]})
     left = int(np.argmax(offs))
     start = _road_point(np.array([stop]), offs[left], road)[0]
     heading = road["theta"] + road["kappa"] * stop
@@ -100,11 +170,36 @@ def _segment_scene(rng: np.random.Generator, frames: int) -> dict:
     curve = sum(math.comb(3, j) * (1 - t) ** (3 - j) * t ** j * ctrl[j] for j in range(4))
     lanes.append(np.concatenate([curve, np.full((201, 1), start[2])], 1))
     edges.append((3 * left, len(lanes) - 1))
-    right = float(min(offs)) - 0.75 * LANE_W
-    sign = {"attribute": int(rng.integers(4, 13)), "category": 2, "size": (4.0, 4.0),
-            "center": _road_point(np.array([stop + 2.0]), right, road)[0] + [0, 0, 3.0],
-            "lanes": [3 * k for k in range(n_lanes)]}
-    return {"road": road, "lanes": lanes, "edges": edges, "tes": lights + [sign]}
+
+    def light_at(off: float):  # on the mast arm past the junction, above its lane
+        def propose(r: np.random.Generator) -> tuple[np.ndarray, tuple[float, float]]:
+            c = _road_point(np.array([stop + r.uniform(2, 9)]), off + r.uniform(-1, 1), road)[0]
+            return c + [0, 0, r.uniform(4.0, 6.0)], (r.uniform(2.4, 3.4), r.uniform(4.0, 5.6))
+        return propose
+
+    def sign_at(lo: float, hi: float):  # anywhere across and beside the road, before the lights
+        def propose(r: np.random.Generator) -> tuple[np.ndarray, tuple[float, float]]:
+            c = _road_point(np.array([stop + r.uniform(-6, 8)]), r.uniform(lo, hi), road)[0]
+            side = r.uniform(2.6, 4.0)
+            return c + [0, 0, r.uniform(1.5, 6.5)], (side, side * r.uniform(0.8, 1.2))
+        return propose
+
+    tes: list[dict] = []
+    lo, hi = min(offs) - 2.5 * LANE_W, max(offs) + 2.5 * LANE_W
+    wanted = [({"attribute": deck.deal(LIGHT_ATTRIBUTES), "category": 1,
+                "lanes": [3 * k, 3 * k + 1]}, light_at(off)) for k, off in enumerate(offs)]
+    # one lane-use sign per approach lane and one that concerns the whole approach
+    wanted += [({"attribute": deck.deal(SIGN_ATTRIBUTES), "category": 2, "lanes": [3 * k]},
+                sign_at(lo, hi)) for k in range(n_lanes)]
+    wanted.append(({"attribute": deck.deal(SIGN_ATTRIBUTES), "category": 2,
+                    "lanes": [3 * k for k in range(n_lanes)]}, sign_at(lo, hi)))
+    for te, propose in wanted:
+        if _place(te, propose, tes, frames, rng) is not None:
+            tes.append(te)
+        else:
+            deck.put_back(LIGHT_ATTRIBUTES if te["category"] == 1 else SIGN_ATTRIBUTES,
+                          te["attribute"])
+    return {"road": road, "lanes": lanes, "edges": edges, "tes": tes}
 
 
 def _to_cam(points: np.ndarray, rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
@@ -152,8 +247,9 @@ def _render(camera: str, scale: float, lanes: list[np.ndarray], tes: list[dict],
                 u, v = _project(end[None], k)[0]
                 r = max(1, int(0.9 * k[0, 0] / end[2]))
                 draw.rectangle([u - r, v - r / 4, u + r, v + r / 4], fill=(250, 210, 60))
-    for te, corners in zip(tes, te_corners):
-        cam = _to_cam(corners, rot, trans)
+    far_to_near = sorted(range(len(tes)), key=lambda i: -float(te_corners[i][:, 0].mean()))
+    for i in far_to_near:
+        te, cam = tes[i], _to_cam(te_corners[i], rot, trans)
         if (cam[:, 2] < 1.0).any():
             continue
         uv = _project(cam, k)
@@ -245,10 +341,11 @@ def write_synthetic_openlanev2(root: Path, seed: int = 0, train_segments: int = 
     data_dict: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
     seg_no, ts = first_segment, first_timestamp
     for split, count in (("train", train_segments), ("val", val_segments)):
+        deck = AttributeDeck(rng)  # per split: each split holds every attribute it can
         for _ in range(count):
             seg = f"{seg_no:05d}"
             seg_no += 1
-            scene = _segment_scene(rng, frames_per_segment)
+            scene = _segment_scene(rng, frames_per_segment, deck)
             names = []
             for f in range(frames_per_segment):
                 ts += int(rng.integers(99_000_000, 101_000_000))  # ~10 Hz, ns

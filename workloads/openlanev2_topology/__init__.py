@@ -58,7 +58,7 @@ class OpenLaneV2Workload(Workload):
     def synthetic_root(self, cache_dir: Path) -> Path:
         c = self.config
         return Path(cache_dir) / (
-            f"openlanev2-synth-v2-seed{c.synthetic_seed}-{c.synthetic_train_segments}+"
+            f"openlanev2-synth-v3-seed{c.synthetic_seed}-{c.synthetic_train_segments}+"
             f"{c.synthetic_val_segments}x{c.synthetic_frames_per_segment}-"
             f"scale{c.synthetic_image_scale:g}")
 

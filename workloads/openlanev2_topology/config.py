@@ -99,7 +99,7 @@ class OpenLaneV2Config:
     # -- synthetic subset_A written when no --data is given --
     synthetic_seed: int = 0
     synthetic_train_segments: int = 12
-    synthetic_val_segments: int = 3
+    synthetic_val_segments: int = 4  # 4 x 8 frames hold all 13 attributes (seed 0)
     synthetic_frames_per_segment: int = 8
     synthetic_image_scale: float = 1.0  # 1.0 = the real sizes (2048x1550, front 1550x2048)
 

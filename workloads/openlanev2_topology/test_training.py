@@ -10,20 +10,20 @@ OLV2_METRICS = {"DET_l", "DET_t", "TOP_ll", "TOP_lt", "OLS", "F_score"}
 # A small synthetic set for the plumbing tests (the smoke preset's own set is the gate's).
 SMALL = ("synthetic_train_segments=2", "synthetic_val_segments=1",
          "synthetic_frames_per_segment=4")
-# Gates from three seeds (reference_results/openlanev2.csv, smoke rows; 1200 steps): DET_l
-# 0.0115/0.0112/0.0101, F_score 0.124/0.163/0.156, TOP_lt 0.036/0.031/0.034; untrained (1 step,
-# lr 0): all three 0.0. OLS is NOT gated: 0.174/0.128/0.157 against 0.135 untrained, because
-# DET_t averages 13 attributes and an attribute absent from both GT and predictions scores AP 1,
-# so an untrained model that predicts few attributes already has DET_t 0.54 (README).
-DET_L_GATE, F_SCORE_GATE, TOP_LT_GATE = 0.006, 0.08, 0.015
+# Gates on OLS and DET_l (provisional, from two seed-0 runs of the current data: DET_l
+# 0.071/0.047, OLS 0.053/0.017; untrained (1 step, lr 0): every metric 0.0). The synthetic val
+# split holds all 13 traffic-element attributes, so DET_t (the mean AP over them) gives no
+# free AP 1 to an absent attribute and is 0 untrained (it was 0.54 when each segment had one
+# sign).
+DET_L_GATE, OLS_GATE = 0.02, 0.01
 
 
-def test_untrained_scores_zero_on_the_gated_metrics(harness_run) -> None:
+def test_untrained_scores_zero(harness_run) -> None:
     record = harness_run("openlanev2", steps=1, warmup_steps=0, overrides=("lr=0",))
     assert record["status"] == "ok", record.get("error")
     m = record["metrics"]
-    assert m["DET_l"] < DET_L_GATE / 2 and m["F_score"] < F_SCORE_GATE / 2, m
-    assert m["TOP_lt"] < TOP_LT_GATE / 2, m
+    assert m["DET_l"] < DET_L_GATE / 4 and m["OLS"] < OLS_GATE / 4, m
+    assert m["DET_t"] < 0.01 and m["F_score"] < 0.01, m
 
 
 def test_smoke_trains_to_gate(harness_run) -> None:
@@ -31,8 +31,7 @@ def test_smoke_trains_to_gate(harness_run) -> None:
     assert record["status"] == "ok", record.get("error")
     assert OLV2_METRICS <= set(record["metrics"])
     m = record["metrics"]
-    assert m["DET_l"] >= DET_L_GATE and m["F_score"] >= F_SCORE_GATE, m
-    assert m["TOP_lt"] >= TOP_LT_GATE, m
+    assert m["DET_l"] >= DET_L_GATE and m["OLS"] >= OLS_GATE, m
 
 
 def test_trains_on_a_real_size_root_it_has_never_seen_and_the_file_rescores(harness_run,
