@@ -85,6 +85,7 @@ class BEVDepthWorkload(Workload):
         from workloads.datasets.nuscenes import (
             NuScenesDetDataset,
             collate_nuscenes,
+            info_files,
             load_or_create_infos,
             write_synthetic_nuscenes,
         )
@@ -99,13 +100,15 @@ class BEVDepthWorkload(Workload):
         else:
             root, source = Path(data_root), str(data_root)
             version = self._version_of(root)
-        infos = load_or_create_infos(root, version)
+        infos = load_or_create_infos(root, version, cache_dir)
         for split in ("train", "val"):
             if not infos.get(split):
                 raise DatasetError(f"{root}: no samples in the {split} split "
                                    f"(nuscenes_infos_{split}.pkl)")
+        # the infos may live in the cache (a read-only root): name the file actually read
+        train_infos = info_files(root, version, cache_dir)[0].get("train", root / "nuscenes_infos_train.pkl")
         self.config, from_data = config_from_data(
-            c, self.user_set, infos["train"] + infos["val"], root, root / "nuscenes_infos_train.pkl")
+            c, self.user_set, infos["train"] + infos["val"], root, train_infos)
         params = self.data_params()
         self._val_infos = infos["val"]
         self._ground_truth = {"dataroot": str(Path(root).resolve()), "version": version,
