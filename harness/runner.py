@@ -76,7 +76,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _first_sigint_finishes_the_step(progress: dict[str, Any], enabled: bool) -> Iterator[None]:
     """Ctrl-C once during training: finish the step, write a checkpoint and the record
     (status interrupted, resumable); twice, or outside the training loop: stop at once.
-    Single-process runs only (DDP ranks stopping at different steps would hang)."""
+    Under --nproc every worker gets the SIGINT from the launcher, maybe in different steps:
+    the loop's `strategy.any_rank` makes all of them stop after the same one."""
     def handler(signum: int, frame: Any) -> None:
         if progress.get("training") and not progress.get("stop_requested"):
             progress["stop_requested"] = True
@@ -206,9 +207,7 @@ def execute(config: RunConfig, resume: Path | None = None,
         raise
     ending = _Ending(record)
     progress: dict[str, Any] = {}
-    # One process (DeepSpeed's included: its engine checkpoints like any other step's).
-    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    with _sigterm_as_interrupt(), _first_sigint_finishes_the_step(progress, single):
+    with _sigterm_as_interrupt(), _first_sigint_finishes_the_step(progress, True):
         try:
             _execute_run(prepared, run, record, pm, resume_state, progress)
             record["status"] = "ok"

@@ -109,6 +109,18 @@ class Strategy:
     def optimizer_steps_taken(self, optimizer: torch.optim.Optimizer, default: int) -> int:
         return default
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any (a stop request that reached some
+        ranks, or reached them in different steps, ends all of them after the same step).
+        A host-side all-reduce of one integer per call where there are several ranks."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self._wait_group)
+        return bool(value.item())
+
     def gather_to_main(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` (CPU tensors, plain values) in rank order on rank 0; None on
         the others. Over the host-side wait group where there is one, so nothing goes

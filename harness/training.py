@@ -164,13 +164,14 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         last = run.step == run.total_steps
         log_now = run.step % cfg.log_interval == 0 or last
         eval_now = bool(cfg.eval_interval) and run.step % cfg.eval_interval == 0 and not last
-        stop_now = bool(progress.get("stop_requested")) and not last
-        ckpt_now = stop_now or (bool(checkpoint_interval) and run.step % checkpoint_interval == 0
-                                and not last)
+        periodic = bool(checkpoint_interval) and run.step % checkpoint_interval == 0 and not last
         # Logging reads values (a sync anyway), evaluation runs the device and a checkpoint
-        # copies it to the host: they pause the clock synchronized. The per-step hook only
-        # excludes its host time.
-        timer.pause(synchronize=log_now or eval_now or ckpt_now)
+        # copies it to the host: they pause the clock synchronized. The per-step hook and the
+        # stop agreement only exclude their host time.
+        timer.pause(synchronize=log_now or eval_now or periodic)
+        # Every rank stops after the same step (under --nproc one host-side all-reduce).
+        stop_now = strategy.any_rank(bool(progress.get("stop_requested"))) and not last
+        ckpt_now = stop_now or periodic
         if log_now:  # the console shows the interval's means, as the README says
             _log(run, pending, optimizer,
                  sum(t for t, _ in interval_times) / len(interval_times),

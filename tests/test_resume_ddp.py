@@ -26,6 +26,7 @@ from tests.conftest import harness_cmd
 from tests.test_resume import NoisyWorkload, _loss_rows
 
 KILL_AT = "RESUME_DDP_TEST_SIGTERM_AT"
+SIGINT_AT = "RESUME_DDP_TEST_SIGINT_AT"
 
 
 class RankedNoisyWorkload(NoisyWorkload):
@@ -60,6 +61,8 @@ def _parent_of(pid: int) -> int:
 
 @hookimpl
 def harness_step_end(run: Any, step: int) -> None:
+    if str(step) == os.environ.get(SIGINT_AT) and run.strategy.is_main:
+        os.kill(_parent_of(os.getppid()), signal.SIGINT)  # a Ctrl-C; the ranks go on
     if str(step) != os.environ.get(KILL_AT):
         return
     if run.strategy.is_main:
@@ -209,3 +212,29 @@ def test_resume_relaunches_into_the_recorded_folder(tmp_path: Path,
     args = parser.parse_args(["--nnodes", "2", "--rdzv-endpoint", "node0:29400", "--resume", "r"])
     cmd = torchrun_command(args, ["run", "--resume", "r"])
     assert "--nnodes=2" in cmd and cmd[-3:] == ["run", "--resume", "r"]
+
+
+@pytest.mark.slow
+def test_ddp_first_ctrl_c_stops_every_rank_after_the_same_step(tmp_path: Path) -> None:
+    """SIGINT to the --nproc parent reaches the ranks through the launcher, maybe in
+    different steps: they agree, finish the same step, write one checkpoint there and
+    stop; the resumed run is the uninterrupted one."""
+    import re
+
+    env = {**os.environ, "HARNESS_PLUGINS": "tests.tiny_workload,tests.test_resume_ddp",
+           "OMP_NUM_THREADS": "1"}
+    args = [*RUN[:RUN.index("--steps")], "--steps", "40", "--log-interval", "1",
+            "--set", "sleep_s=0.02"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _harness(*args, "--out", str(whole), env=env)
+    _harness(*args, "--out", str(cut), env={**env, SIGINT_AT: "12"}, check=None)
+    records = _records(cut)
+    stops = [re.search(r"stopped after step (\d+)", r["error"] or "") for r in records]
+    assert all(stops), [r["error"] for r in records]
+    step = int(stops[0].group(1))  # type: ignore[union-attr]
+    assert 12 <= step < 40 and int(stops[1].group(1)) == step  # type: ignore[union-attr]
+    assert (cut / "checkpoints" / f"step_{step}.pt").is_file()
+    _harness("--resume", str(cut), "--nproc", "2", env=env)
+    for got, want in zip(_records(cut), _records(whole)):
+        assert got["status"] == "ok" and [r["step"] for r in got["resumed_from"]] == [step]
+        assert _loss_rows(got) == _loss_rows(want)
