@@ -10,12 +10,14 @@ OLV2_METRICS = {"DET_l", "DET_t", "TOP_ll", "TOP_lt", "OLS", "F_score"}
 # A small synthetic set for the plumbing tests (the smoke preset's own set is the gate's).
 SMALL = ("synthetic_train_segments=2", "synthetic_val_segments=1",
          "synthetic_frames_per_segment=4")
-# Gates on OLS and DET_l (provisional, from two seed-0 runs of the current data: DET_l
-# 0.071/0.047, OLS 0.053/0.017; untrained (1 step, lr 0): every metric 0.0). The synthetic val
-# split holds all 13 traffic-element attributes, so DET_t (the mean AP over them) gives no
-# free AP 1 to an absent attribute and is 0 untrained (it was 0.54 when each segment had one
-# sign).
-DET_L_GATE, OLS_GATE = 0.02, 0.01
+# Gates from three seeds (reference_results/openlanev2.csv, smoke rows; 1200 steps): DET_l
+# 0.0711/0.0213/0.0163, OLS 0.0529/0.0067/0.0484, F_score 0.149/0.154/0.200; untrained (1 step,
+# lr 0): all 0.0. The spread is wide (OLS hinges on whether TOP_lt is above 0), so mean - 3 std
+# is below 0 for DET_l and OLS: their gates are half the lowest seed; F_score's is mean - 3 std.
+# The synthetic val split holds all 13 traffic-element attributes, so DET_t (the mean AP over
+# them) gives no free AP 1 to an absent attribute and is 0 untrained (it was 0.54 when each
+# segment had one sign, which put the untrained OLS at 0.135).
+DET_L_GATE, OLS_GATE, F_SCORE_GATE = 0.008, 0.003, 0.08
 
 
 def test_untrained_scores_zero(harness_run) -> None:
@@ -23,7 +25,7 @@ def test_untrained_scores_zero(harness_run) -> None:
     assert record["status"] == "ok", record.get("error")
     m = record["metrics"]
     assert m["DET_l"] < DET_L_GATE / 4 and m["OLS"] < OLS_GATE / 4, m
-    assert m["DET_t"] < 0.01 and m["F_score"] < 0.01, m
+    assert m["DET_t"] < 0.001 and m["F_score"] < F_SCORE_GATE / 4, m
 
 
 def test_smoke_trains_to_gate(harness_run) -> None:
@@ -32,6 +34,7 @@ def test_smoke_trains_to_gate(harness_run) -> None:
     assert OLV2_METRICS <= set(record["metrics"])
     m = record["metrics"]
     assert m["DET_l"] >= DET_L_GATE and m["OLS"] >= OLS_GATE, m
+    assert m["F_score"] >= F_SCORE_GATE, m
 
 
 def test_trains_on_a_real_size_root_it_has_never_seen_and_the_file_rescores(harness_run,
