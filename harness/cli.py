@@ -67,7 +67,7 @@ def _add_run(sub: Any, with_plugins: bool = False) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a workload config field, typed by the field (repeatable)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<workload>-<backend>-...)")
-    p.add_argument("--cache-dir", type=Path, help="where synthetic data is written")
+    p.add_argument("--cache-dir", type=Path, help="where synthetic data, and the derived files (infos) of a read-only --data root, are written")
     p.add_argument("--emulate", action="store_true",
                    help="run on a CPU-emulated device (portability dry run; speed not meaningful)")
     p.add_argument("--deepspeed", nargs="?", const="", metavar="CONFIG.json",

@@ -27,8 +27,6 @@ metric rebuilds the devkit's GT from `ann_infos`) and adds StreamPETR's fields:
 """
 from __future__ import annotations
 
-import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +37,11 @@ from workloads.datasets.nuscenes import (
     SPLITS,
     _sample_info,
     _scene_samples,
+    info_files,
     load_infos,
     open_nuscenes,
 )
+from workloads.datasets.derived import write_pickle
 from workloads.datasets.nuscenes_dataset import CLASSES, DETECTION_NAME
 from workloads.datasets.nuscenes_geometry import matrix_yaw, quat_to_matrix, record_matrix
 
@@ -173,17 +173,22 @@ def create_streampetr_infos(root: Path, version: str, *, max_sweeps: int = 10) -
     return out
 
 
-def load_or_create_streampetr_infos(root: Path, version: str) -> dict[str, list[dict]]:
-    """`streampetr_infos_<split>.pkl` of a root, written (atomically) if any is missing."""
-    stems = [stem for _, stem in SPLITS.get(version, ())]
-    paths = {s: Path(root) / f"{INFO_STEM}_{s}.pkl" for s in stems}
-    if stems and all(p.is_file() for p in paths.values()):
-        return {s: load_infos(p) for s, p in paths.items()}
-    infos = create_streampetr_infos(root, version)
-    for stem, rows in infos.items():
-        path = Path(root) / f"{INFO_STEM}_{stem}.pkl"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(rows, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    return {s: load_infos(Path(root) / f"{INFO_STEM}_{s}.pkl") for s in infos}  # as checked later
+def streampetr_info_files(root: Path, version: str, cache_dir: Path | None = None
+                          ) -> tuple[dict[str, Path], bool]:
+    """Where `streampetr_infos_<split>.pkl` of a root are, or go (the derived-files rule of
+    derived.py: the root if it has them or is writable, else the cache)."""
+    return info_files(root, version, cache_dir, prefix=INFO_STEM)
+
+
+def load_or_create_streampetr_infos(root: Path, version: str, cache_dir: Path | None = None
+                                    ) -> dict[str, list[dict]]:
+    """`streampetr_infos_<split>.pkl` of a root, written (atomically) first if any is missing:
+    into the root when it is writable, else into the cache (`cache_dir`, default
+    $HARNESS_CACHE), so a read-only dataset mount works."""
+    paths, present = streampetr_info_files(root, version, cache_dir)
+    if not paths or not present:
+        infos = create_streampetr_infos(root, version)  # names an unknown version
+        for stem, rows in infos.items():
+            write_pickle(paths[stem], rows)
+    # read back through load_infos on the first run too: its checks hold on every run
+    return {s: load_infos(p) for s, p in paths.items()}

@@ -126,7 +126,25 @@ def test_bevdepth_reads_a_read_only_root_end_to_end(fresh_root: Path, tmp_path: 
     data = wl.datasets(fresh_root, tmp_path / "run-cache")
     assert len(data.train) > 0 and len(data.val) > 0
     assert _tree(fresh_root) == before
-    # the run's cache once bevdepth passes cache_dir to load_or_create_infos; $HARNESS_CACHE now
-    written = [p for cache in ("run-cache", "harness-cache")
-               for p in (tmp_path / cache / "derived").rglob("nuscenes_infos_*.pkl")]
-    assert len(written) == 2
+    # into the run's cache (--cache-dir), not $HARNESS_CACHE
+    assert len(list((tmp_path / "run-cache" / "derived").rglob("nuscenes_infos_*.pkl"))) == 2
+    assert not (tmp_path / "harness-cache").exists()
+    assert "derived" in data.from_data["ida_resize_lim"]  # it names the infos file it read
+
+
+def test_streampetr_reads_a_read_only_root_end_to_end(fresh_root: Path, tmp_path: Path, monkeypatch) -> None:
+    # `harness run streampetr --data /ro/nuscenes`: its temporal infos follow the same rule.
+    from workloads.streampetr import StreamPETRWorkload
+
+    before = _tree(fresh_root)
+    monkeypatch.setattr(derived, "root_is_writable", lambda root: False)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "harness-cache"))
+    wl = StreamPETRWorkload(StreamPETRWorkload.presets()["smoke"])
+    data = wl.datasets(fresh_root, tmp_path / "run-cache")
+    assert len(data.train) > 0 and len(data.val) > 0
+    assert _tree(fresh_root) == before
+    written = sorted(p.name for p in (tmp_path / "run-cache" / "derived").rglob("*.pkl"))
+    assert written == ["streampetr_infos_train.pkl", "streampetr_infos_val.pkl"]
+    assert "derived" in data.from_data["ida_resize_lim"]
+    again = wl.datasets(fresh_root, tmp_path / "run-cache")  # read back, not converted again
+    assert len(again.val) == len(data.val)

@@ -65,7 +65,10 @@ class StreamPETRWorkload(Workload):
     # -- data --
     def datasets(self, data_root: Path | None, cache_dir: Path) -> Datasets:
         from workloads.datasets.nuscenes import write_synthetic_nuscenes
-        from workloads.datasets.nuscenes_streampetr import load_or_create_streampetr_infos
+        from workloads.datasets.nuscenes_streampetr import (
+            load_or_create_streampetr_infos,
+            streampetr_info_files,
+        )
         from workloads.streampetr.data import StreamDataParams, StreamPETRDataset, collate_stream
 
         c = self.config
@@ -85,13 +88,15 @@ class StreamPETRWorkload(Workload):
         else:
             root, source = Path(data_root), str(data_root)
             version = _version_of(root)
-        infos = load_or_create_streampetr_infos(root, version)
+        infos = load_or_create_streampetr_infos(root, version, cache_dir)
+        files = streampetr_info_files(root, version, cache_dir)[0]
         for split in ("train", "val"):
             if not infos.get(split):
-                raise DatasetError(f"{root}: no samples in the {split} split (streampetr_infos_{split}.pkl)")
+                raise DatasetError(f"{root}: no samples in the {split} split ({files.get(split)})")
         first = infos["train"][0]["cams"][c.cams[0]]
-        from_data = {"ida_resize_lim": (f"{root}/{first['data_path']}: {first['width']}x{first['height']} "
-                                        "source images; the resize range is relative to their eval scale")}
+        from_data = {"ida_resize_lim": (f"{files['train']}: {root}/{first['data_path']} is "
+                                        f"{first['width']}x{first['height']}; the resize range is "
+                                        "relative to the source images' eval scale")}
         params = StreamDataParams(
             final_dim=c.image_size, resize_lim=c.ida_resize_lim, bot_pct_lim=c.ida_bot_pct_lim,
             rand_flip=c.ida_rand_flip, rot_range=c.bda_rot_range, scale_ratio_range=c.bda_scale_range,
