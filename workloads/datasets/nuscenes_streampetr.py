@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import UsageError
+from workloads.datasets.derived import write_pickle
 from workloads.datasets.nuscenes import (
     SPLITS,
     _sample_info,
@@ -41,7 +42,6 @@ from workloads.datasets.nuscenes import (
     load_infos,
     open_nuscenes,
 )
-from workloads.datasets.derived import write_pickle
 from workloads.datasets.nuscenes_dataset import CLASSES, DETECTION_NAME
 from workloads.datasets.nuscenes_geometry import matrix_yaw, quat_to_matrix, record_matrix
 
