@@ -299,3 +299,5 @@ class Run:
     trained_model: Any = None
     optimizer: Any = None
     model_info: dict[str, Any] | None = None  # params and training FLOPs per sample
+    # Where record.json went (the fallback path when out_dir could not take it); set at the end.
+    record_path: Path | None = None

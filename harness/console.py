@@ -131,7 +131,7 @@ class ConsoleObserver:
               + (f", peak memory {mem / 2**20:.0f} MiB" if mem else "")
               + (" (emulated device: speed and memory not meaningful)"
                  if run.backend.emulated and (fps or mem) else "")
-              + f", {record['duration_s']:.0f}s, record {run.out_dir / 'record.json'}",
+              + f", {record['duration_s']:.0f}s, record {run.record_path or run.out_dir / 'record.json'}",
               flush=True)
 
 

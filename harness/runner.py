@@ -220,6 +220,7 @@ def execute(config: RunConfig, resume: Path | None = None,
         finally:
             ending.guard("finishing the record", lambda: _finish_record(run, record))
             ending.guard("writing the record", lambda: writer.write(record))
+            run.record_path = writer.fallback or writer.path
             ending.guard("harness_run_end observers",
                          lambda: pm.hook.harness_run_end(run=run, record=record))
             ending.guard("closing the backend", prepared.backend.close)

@@ -364,6 +364,36 @@ def test_full_disk_at_the_checkpoint_fails_the_run_with_a_record_and_no_temp_fil
     assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "record.json"]
 
 
+
+def test_disk_full_mid_run_the_status_line_names_the_fallback_record(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills during the run (a 200 KiB tmpfs: the checkpoint, then the record's
+    final write fail): the console's status line and the error line both name the
+    fallback record, not the folder that could not take it."""
+    from harness import outdir, runner
+
+    out = tmp_path / "out"
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)
+
+    def checkpoint_fills_the_disk(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        _fail_writes_into(monkeypatch, out, outdir, "write_json_atomic")  # from now on
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+
+    monkeypatch.setattr(runner.torch, "save", checkpoint_fills_the_disk)
+    assert main(["run", "tiny", "--steps", "2", "--no-eval", "--out", str(out)]) == FAILED
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0], lines
+    fallback = Path(lines[0].rsplit("it is at ", 1)[1])
+    assert fallback.parent == tmp_path / "tmp"
+    status = [line for line in captured.out.splitlines() if "[harness] status" in line]
+    assert status and status[-1].endswith(f"record {fallback}"), status
+    assert json.loads(fallback.read_text())["status"] == "failed"
+    assert not (out / "record.json").exists()  # its "running" version would lie
+
 def test_internal_error_says_bug_and_where_the_traceback_is(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
