@@ -115,36 +115,27 @@ def test_the_cache_key_follows_the_path_and_the_stamp_files(tmp_path: Path) -> N
     assert cache_folder(a, None).parent == derived.default_cache() / "derived"
 
 
-def test_bevdepth_reads_a_read_only_root_end_to_end(fresh_root: Path, tmp_path: Path, monkeypatch) -> None:
-    # What `harness run bevdepth --data /ro/nuscenes` does: the workload's own datasets() call.
-    from workloads.bevdepth import BEVDepthWorkload
+@pytest.mark.parametrize("workload, prefix", [("bevdepth", "nuscenes_infos"),
+                                              ("streampetr", "streampetr_infos")])
+def test_a_workload_reads_a_read_only_root_end_to_end(workload: str, prefix: str, fresh_root: Path,
+                                                      tmp_path: Path, monkeypatch) -> None:
+    # What `harness run <workload> --data /ro/nuscenes` does: the workload's own datasets() call.
+    from harness.plugins import get_workload
 
     before = _tree(fresh_root)
     monkeypatch.setattr(derived, "root_is_writable", lambda root: False)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "harness-cache"))
-    wl = BEVDepthWorkload(BEVDepthWorkload.presets()["smoke"])
+    cls = get_workload(workload)
+    wl = cls(cls.presets()["smoke"])
     data = wl.datasets(fresh_root, tmp_path / "run-cache")
     assert len(data.train) > 0 and len(data.val) > 0
     assert _tree(fresh_root) == before
     # into the run's cache (--cache-dir), not $HARNESS_CACHE
-    assert len(list((tmp_path / "run-cache" / "derived").rglob("nuscenes_infos_*.pkl"))) == 2
+    written = sorted(p.name for p in (tmp_path / "run-cache" / "derived").rglob("*.pkl"))
+    assert written == [f"{prefix}_train.pkl", f"{prefix}_val.pkl"]
     assert not (tmp_path / "harness-cache").exists()
     assert "derived" in data.from_data["ida_resize_lim"]  # it names the infos file it read
-
-
-def test_streampetr_reads_a_read_only_root_end_to_end(fresh_root: Path, tmp_path: Path, monkeypatch) -> None:
-    # `harness run streampetr --data /ro/nuscenes`: its temporal infos follow the same rule.
-    from workloads.streampetr import StreamPETRWorkload
-
-    before = _tree(fresh_root)
-    monkeypatch.setattr(derived, "root_is_writable", lambda root: False)
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "harness-cache"))
-    wl = StreamPETRWorkload(StreamPETRWorkload.presets()["smoke"])
-    data = wl.datasets(fresh_root, tmp_path / "run-cache")
-    assert len(data.train) > 0 and len(data.val) > 0
-    assert _tree(fresh_root) == before
-    written = sorted(p.name for p in (tmp_path / "run-cache" / "derived").rglob("*.pkl"))
-    assert written == ["streampetr_infos_train.pkl", "streampetr_infos_val.pkl"]
-    assert "derived" in data.from_data["ida_resize_lim"]
+    mtime = next((tmp_path / "run-cache" / "derived").rglob("*_val.pkl")).stat().st_mtime_ns
     again = wl.datasets(fresh_root, tmp_path / "run-cache")  # read back, not converted again
     assert len(again.val) == len(data.val)
+    assert next((tmp_path / "run-cache" / "derived").rglob("*_val.pkl")).stat().st_mtime_ns == mtime
