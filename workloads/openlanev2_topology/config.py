@@ -15,9 +15,12 @@ x acc 2 on one GPU, is a global batch of 4).
 
 `smoke` keeps every component, narrowed: the three front cameras (ring_front_center, _left,
 _right; every synthetic centerline reaches into their view) at 96x128, ResNet-18 layout at
-base width 16 with one block per stage, 32-channel FPN/BEV, a 16x32 BEV (3.2 m cells), 32-d heads, 30 lane / 10 TE queries, lr 1e-3
-with 40 warmup steps, on the synthetic subset_A-layout scenes (written at a quarter of the
-real image size so the cache is quick; the resize follows each source image's size).
+base width 16 with one block per stage, 32-channel FPN/BEV, a 16x32 BEV (3.2 m cells), 32-d
+heads, 30 lane / 10 TE queries, no dropout, lr 1e-3 with 40 warmup steps, on 48 synthetic
+subset_A-layout train segments (written at a quarter of the real image size so the cache is
+quick; the resize follows each source image's size). Dropout 0 and 48 segments, not 0.1 and
+12: the lowest seed's OLS rose from 0.007 to 0.048 and its DET_l from 0.016 to 0.025 (seeds
+0-4 against 0-2; README, OpenLane-V2); more steps did not help (2400: seed 0 OLS 0.024).
 
 `optimizer="adam"` is the seed's DeepSpeed configuration (Adam, lr 1e-4, no weight decay, no
 schedule); with `--deepspeed --precision fp16 --grad-accum 2` and the batch of 2 it is the
@@ -113,8 +116,9 @@ class OpenLaneV2Config:
                    backbone_stage_blocks=(1, 1, 1, 1), fpn_channels=32, bev_size=(16, 32),
                    cache_images=True, embed_dims=32, num_heads=4, ffn_channels=128,
                    num_lane_queries=30, num_te_queries=10, max_lanes=30, topology_hidden=64,
-                   lr=1e-3, warmup_iters=40, steps=1200, batch_size=2, eval_batch_size=4,
-                   num_workers=0, synthetic_image_scale=0.25)
+                   dropout=0.0, lr=1e-3, warmup_iters=40, steps=1200, batch_size=2,
+                   eval_batch_size=4, num_workers=0, synthetic_train_segments=48,
+                   synthetic_image_scale=0.25)
 
     def validate(self) -> None:
         """The model's own rules, checked by the harness when the config is built."""
