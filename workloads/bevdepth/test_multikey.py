@@ -71,9 +71,9 @@ def test_two_key_model_shapes_and_gradients() -> None:
     cfg = dataclasses.replace(SMOKE2, channels_last=False)
     model = BEVDepth(cfg)
     batch = random_batch(cfg, batch=2)
-    imgs = torch.stack([batch["imgs"], batch["imgs"]], dim=1)  # (B, 2, N, 3, H, W)
-    mats = {k: (torch.stack([v, v], 1) if k != "bda_mat" else v) for k, v in batch.items()
-            if k.endswith("_mats") or k == "bda_mat"}
+    imgs = batch["imgs"]
+    assert tuple(imgs.shape[:3]) == (2, 2, 6)  # (B, keys, cameras, 3, H, W)
+    mats = {k: v for k, v in batch.items() if k.endswith("_mats") or k == "bda_mat"}
     assert model.head.trunk.conv1.in_channels == 2 * cfg.context_channels  # the stacked BEV
     preds, depth = model(imgs, mats)
     h, w = cfg.image_size[0] // 16, cfg.image_size[1] // 16

@@ -2,7 +2,7 @@
 
 For tests and for timing the model without a dataset: level pinhole cameras around the
 ego (nuScenes-like yaws, 1.5 m high), identity ida/bda unless asked otherwise, random GT
-boxes inside the BEV range and sparse random lidar depth.
+boxes inside the BEV range and sparse random lidar depth; `cfg.num_keys` key frames.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import math
 import torch
 
 from workloads.bevdepth.config import CLASSES, BEVDepthConfig
+from workloads.bevdepth.multikey import CAMERA_MATS
 
 CAM_YAWS_DEG = (55.0, 0.0, -55.0, 110.0, 180.0, -110.0)
 
@@ -60,6 +61,13 @@ def random_batch(cfg: BEVDepthConfig, batch: int = 2, objects: int = 8, seed: in
     n = cfg.num_cams
     out: dict[str, object] = dict(camera_rig(batch, cfg.image_size, n))
     out["imgs"] = torch.randn(batch, n, 3, h, w, generator=g)
+    if cfg.num_keys > 1:
+        # A multi-key batch as MultiKeyDataset collates it: (B, K, N, ...) images and camera
+        # mats, key 0 first; the earlier keys see other pixels from a rig that did not move.
+        out["imgs"] = torch.stack([out["imgs"], *(torch.randn(batch, n, 3, h, w, generator=g)
+                                                   for _ in range(1, cfg.num_keys))], 1)
+        for name in CAMERA_MATS:
+            out[name] = torch.stack([out[name]] * cfg.num_keys, 1)
     depth = torch.rand(batch, n, h, w, generator=g) * 60
     depth[torch.rand(batch, n, h, w, generator=g) > 0.05] = 0.0
     out["depth_labels"] = depth
