@@ -131,8 +131,9 @@ class StreamPETRHead(nn.Module):
 
     # -- embeddings --
     def position_embedding(self, feats_shape: tuple[int, ...], img_hw: tuple[int, int], img2lidar: torch.Tensor,
-                           intrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N*H*W, C) PETR position embedding and (B, N*H*W, 8) cone of each token."""
+                           intrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N*H*W, C) PETR position embedding, (B, N*H*W, 8) cone of each token and
+        (B, N*H*W, 2, 3) its ray's nearest and farthest depth points in metres."""
         b, n, _, h, w = feats_shape
         d = self.coords_d.shape[0]
         dev = img2lidar.device
@@ -143,6 +144,7 @@ class StreamPETRHead(nn.Module):
         pix = torch.stack([u[..., None] * depth, v[..., None] * depth, depth.expand(h, w, d),
                            torch.ones(h, w, d, device=dev)], -1)  # (H, W, D, 4)
         pts = torch.einsum("bnij,hwdj->bnhwdi", img2lidar[..., :3, :], pix)
+        ray_ends = pts[..., [0, -1], :].reshape(b, n * h * w, 2, 3)
         lo, hi = self.position_range[:3], self.position_range[3:]
         pts = ((pts - lo) / (hi - lo)).reshape(b, n * h * w, d * 3)
         pos = self.position_encoder(inverse_sigmoid(pts))
@@ -150,7 +152,20 @@ class StreamPETRHead(nn.Module):
         focal = focal[:, :, None].expand(b, n, h * w, 2).reshape(b, n * h * w, 2)
         mid = max(0, d - 30)  # the original's depth bin 34 of 64 (coords3d[..., -90:-87])
         cone = torch.cat([focal, pts[..., -3:], pts[..., mid * 3:mid * 3 + 3]], -1)
-        return pos, cone
+        return pos, cone, ray_ends
+
+    def ray_distance_prior(self, ref: torch.Tensor, ray_ends: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Q, T) cross-attention logit bias -(d / sigma)^2, d = the BEV (x, y) distance
+        in metres from each query's reference point to each token's camera ray (the segment
+        between its nearest and farthest depth points), sigma = `geometry_prior_m`. Not in
+        the original: a smoke-only aid (see the config)."""
+        lo, hi = self.pc_range[:3], self.pc_range[3:]
+        point = (ref * (hi - lo) + lo)[..., None, :2]  # (B, Q, 1, 2)
+        near, far = ray_ends[:, None, :, 0, :2], ray_ends[:, None, :, 1, :2]  # (B, 1, T, 2)
+        along = far - near
+        t = (((point - near) * along).sum(-1) / (along * along).sum(-1).clamp(min=1e-6)).clamp(0, 1)
+        dist = (point - (near + t[..., None] * along)).norm(dim=-1)
+        return (-(dist / self.cfg.geometry_prior_m) ** 2)[:, None]
 
     def _denoising(self, b: int, gt_boxes: list[torch.Tensor] | None, gt_labels: list[torch.Tensor] | None
                    ) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
@@ -216,14 +231,16 @@ class StreamPETRHead(nn.Module):
         b = feats.shape[0]
         mem = self._pre_update(data["prev_exists"], data["dt"], data["ego_pose_inv"])
         tokens = feats.permute(0, 1, 3, 4, 2).reshape(b, -1, feats.shape[2])
-        pos, cone = self.position_embedding(tuple(feats.shape), img_hw, data["img2lidar"], data["intrinsics"])
+        pos, cone, ray_ends = self.position_embedding(tuple(feats.shape), img_hw, data["img2lidar"],
+                                                      data["intrinsics"])
         tokens = self.spatial_alignment(self.memory_embed(tokens), cone)
         pos = self.featurized_pe(pos, tokens)
         ref, blocked, known = self._denoising(b, gt_boxes, gt_labels)
         query_pos = self.query_embedding(pos2posemb3d(ref, self.cfg.embed_dims // 2))
         tgt, query_pos, ref, temp_memory, temp_pos = self._temporal_alignment(
             mem, query_pos, torch.zeros_like(query_pos), ref)
-        outs = torch.nan_to_num(self.decoder(tgt, query_pos, tokens, pos, temp_memory, temp_pos, blocked))
+        prior = self.ray_distance_prior(ref, ray_ends) if self.cfg.geometry_prior_m > 0 else None
+        outs = torch.nan_to_num(self.decoder(tgt, query_pos, tokens, pos, temp_memory, temp_pos, blocked, prior))
         cls = self.cls_branch(outs)
         reg = self.reg_branch(outs)
         centre = (reg[..., :3] + inverse_sigmoid(ref)).sigmoid()

@@ -180,3 +180,28 @@ def test_image_augmentation_keeps_projection_consistent(tmp_path):
                 assert np.min(np.hypot(*(uv - c2d.numpy()).T)) < 0.05
                 hits += 1
         assert hits > 0
+
+
+def test_ray_distance_prior_peaks_on_the_ray_through_the_reference_point():
+    """A camera at the origin looking along +x (LIDAR frame): the token whose ray passes
+    through a reference point gets the largest bias (~0); tokens whose rays miss it by d
+    metres get -(d / sigma)^2."""
+    from workloads.streampetr.head import StreamPETRHead
+
+    cfg = dataclasses.replace(TINY, geometry_prior_m=2.0, cams=("CAM_FRONT",))
+    head = StreamPETRHead(cfg)
+    fx, cx, cy = 40.0, 48.0, 16.0  # 96x32 image, feature map 6x2 at stride 16
+    cam2img = torch.tensor([[fx, 0, cx, 0], [0, fx, cy, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    lidar2cam = torch.tensor([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])  # x fwd -> z
+    img2lidar = torch.linalg.inv(cam2img @ lidar2cam)[None, None]
+    _, _, ray_ends = head.position_embedding((1, 1, cfg.embed_dims, 2, 6), (32, 96), img2lidar,
+                                             cam2img[None, None])
+    u = (torch.arange(6) + 0.5) * 16  # token column centres
+    lateral = -(u - cx) / fx * 20.0  # the y of each column's ray at x = 20 m
+    lo, hi = torch.tensor(cfg.pc_range[:3]), torch.tensor(cfg.pc_range[3:])
+    point = torch.tensor([20.0, float(lateral[4]), 0.0])  # on column 4's rays
+    bias = head.ray_distance_prior(((point - lo) / (hi - lo))[None, None], ray_ends)  # (1, 1, 1, 12)
+    per_column = bias[0, 0, 0].view(2, 6)
+    assert per_column.argmax(dim=1).tolist() == [4, 4]
+    assert per_column[:, 4].abs().max() < 1e-3
+    assert per_column[0, 2].item() == pytest.approx(-((lateral[2] - lateral[4]).abs().item() / 2.0) ** 2, rel=0.05)

@@ -24,17 +24,19 @@ class Attention(nn.Module):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor | None
-                ) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocked: torch.Tensor | None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """blocked: bool, True = may not attend (the original's convention); bias: float,
+        added to the logits (the smoke's ray-distance prior)."""
         b, nq, c = q.shape
         h = self.heads
 
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, -1, h, c // h).transpose(1, 2)
 
-        allowed = None if blocked is None else ~blocked  # original: True = may not attend
+        mask = bias if blocked is None else ~blocked
         out = F.scaled_dot_product_attention(split(self.q(q)), split(self.k(k)), split(self.v(v)),
-                                             attn_mask=allowed,
+                                             attn_mask=mask,
                                              dropout_p=self.attn_drop if self.training else 0.0)
         return self.out(out.transpose(1, 2).reshape(b, nq, c))
 
@@ -51,12 +53,12 @@ class DecoderLayer(nn.Module):
 
     def forward(self, query: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
                 pos_embed: torch.Tensor, temp_memory: torch.Tensor, temp_pos: torch.Tensor,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None, cross_bias: torch.Tensor | None = None) -> torch.Tensor:
         keys = torch.cat([query, temp_memory], 1)
         key_pos = torch.cat([query_pos, temp_pos], 1)
         x = query + self.drop(self.self_attn(query + query_pos, keys + key_pos, keys, attn_mask))
         x = self.norms[0](x)
-        x = x + self.drop(self.cross_attn(x + query_pos, memory + pos_embed, memory, None))
+        x = x + self.drop(self.cross_attn(x + query_pos, memory + pos_embed, memory, None, cross_bias))
         x = self.norms[1](x)
         x = x + self.drop(self.ffn(x))
         return self.norms[2](x)
@@ -72,11 +74,11 @@ class TemporalDecoder(nn.Module):
 
     def forward(self, query: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
                 pos_embed: torch.Tensor, temp_memory: torch.Tensor, temp_pos: torch.Tensor,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None, cross_bias: torch.Tensor | None = None) -> torch.Tensor:
         """(num_layers, B, Q, C): every layer's output through the shared post-norm."""
         outs = []
         for layer in self.layers:
-            args = (query, query_pos, memory, pos_embed, temp_memory, temp_pos, attn_mask)
+            args = (query, query_pos, memory, pos_embed, temp_memory, temp_pos, attn_mask, cross_bias)
             if self.with_cp and self.training:
                 query = checkpoint(layer, *args, use_reentrant=False)
             else:
