@@ -34,7 +34,9 @@ class Attention(nn.Module):
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, -1, h, c // h).transpose(1, 2)
 
-        mask = bias if blocked is None else ~blocked
+        mask = None if blocked is None else ~blocked
+        if bias is not None:  # both given: the bias where attending is allowed, -inf elsewhere
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         out = F.scaled_dot_product_attention(split(self.q(q)), split(self.k(k)), split(self.v(v)),
                                              attn_mask=mask,
                                              dropout_p=self.attn_drop if self.training else 0.0)
