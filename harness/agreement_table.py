@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from harness.records import Record
+
 HEADER = ["run", "output", "max abs diff", "max rel diff", "outside tol", "within tol",
           "decoded differ"]
 
@@ -12,11 +14,11 @@ def _g(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def agreement_rows(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[list[str]]:
+def agreement_rows(records: Sequence[Record], labels: Sequence[str]) -> list[list[str]]:
     """One row per output tensor of each record that has `raw_output_agreement`."""
     rows: list[list[str]] = []
     for label, rec in zip(labels, records, strict=True):
-        agree = rec.get("raw_output_agreement")
+        agree = rec.raw_output_agreement
         if not isinstance(agree, dict):
             continue
         decoded = agree.get("decoded") or {}
@@ -30,7 +32,7 @@ def agreement_rows(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> 
     return rows
 
 
-def agreement_title(records: Sequence[dict[str, Any]]) -> str:
+def agreement_title(records: Sequence[Record]) -> str:
     agree: dict[str, Any] = next((r["raw_output_agreement"] for r in records
                   if isinstance(r.get("raw_output_agreement"), dict)), {})
     return (f"Raw-output agreement: {agree.get('test', '?')} vs {agree.get('reference', '?')} on "

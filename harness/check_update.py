@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.records import Record
 from harness.checking import config_diff
 from harness.directions import metric_directions
 from harness.errors import UsageError
@@ -56,21 +57,21 @@ def write_table(path: Path, rows: Sequence[RefRow]) -> None:
         raise
 
 
-def command_of(record: dict[str, Any]) -> str:
+def command_of(record: Record) -> str:
     """The command that made the record: its argv, or rebuilt from the config when the run
     came from inside another program (pytest, a notebook)."""
-    argv = list((record.get("env") or {}).get("argv") or [])
+    argv = list(record.env.get("argv") or [])
     if argv and Path(argv[0]).name == "harness":
         return shlex.join(["harness", *argv[1:]])
-    run = (record.get("config") or {}).get("run") or {}
-    parts = ["harness", "run", str(record.get("workload")), "--backend", str(record.get("backend")),
-             "--precision", str(record.get("precision")), "--scale", str(record.get("scale"))]
-    if record.get("mode"):
-        parts.append(f"--{record['mode']}")
-    if record.get("emulated"):
+    run = record.run_config()
+    parts = ["harness", "run", record.workload, "--backend", record.backend,
+             "--precision", record.precision, "--scale", record.scale]
+    if record.mode:
+        parts.append(f"--{record.mode}")
+    if record.emulated:
         parts.append("--emulate")
-    if (record.get("world_size") or 1) > 1:
-        parts += ["--nproc", str(record["world_size"])]
+    if (record.world_size or 1) > 1:
+        parts += ["--nproc", str(record.world_size)]
     for key, flag in (("steps", "--steps"), ("epochs", "--epochs"), ("seed", "--seed")):
         if run.get(key) is not None:
             parts += [flag, str(run[key])]
@@ -79,26 +80,26 @@ def command_of(record: dict[str, Any]) -> str:
     return shlex.join(parts) + " (rebuilt from the record's config)"
 
 
-def _row_config(record: dict[str, Any], existing: Sequence[RefRow]) -> str:
+def _row_config(record: Record, existing: Sequence[RefRow]) -> str:
     """An existing row's configuration when the record fits it (keeps the keys that row
     pins, e.g. view_transform=lss), else the record's own configuration overrides."""
     for row in existing:
-        if (row.scale == record.get("scale") and row.kind == record_kind(record)
+        if (row.scale == record.scale and row.kind == record_kind(record)
                 and not config_diff(row, record)):
             return row.config
     return format_config(record_overrides(record))
 
 
-def measured_rows(records: Sequence[dict[str, Any]], existing: Sequence[RefRow],
+def measured_rows(records: Sequence[Record], existing: Sequence[RefRow],
                   with_perf: bool) -> tuple[list[RefRow], list[str]]:
     """Rows for the records' key, and the metrics left out for want of a direction."""
     first = records[0]
     directions = metric_directions(records, existing)
-    emitted = list(first.get("metrics") or {})
+    emitted = list(first.metrics)
     names = [m for m in emitted if directions.get(m, ("", ""))[0]]
     names += ["fps", MEMORY_METRIC] if with_perf else []
-    sha = (first.get("env") or {}).get("git_sha") or "unknown commit"
-    seeds = sorted({r.get("seed") for r in records}, key=str)
+    sha = first.env.get("git_sha") or "unknown commit"
+    seeds = sorted({r.seed for r in records}, key=str)
     config = _row_config(first, existing)
     rows: list[RefRow] = []
     for name in names:
@@ -118,23 +119,23 @@ def measured_rows(records: Sequence[dict[str, Any]], existing: Sequence[RefRow],
                else f"single run, tolerance = floor {floor}")
         direction = directions.get(name, ("higher" if name == "fps" else "lower", ""))[0]
         rows.append(RefRow(
-            str(first.get("scale")), record_kind(first), config, str(first.get("backend")),
-            record_device(first), str(first.get("precision")), record_weights_dtype(first),
-            str(first.get("mode")), str(first.get("world_size") or 1), name, mean,
+            first.scale, record_kind(first), config, first.backend,
+            record_device(first), first.precision, record_weights_dtype(first),
+            str(first.mode), str(first.world_size or 1), name, mean,
             round(tol, 6), kind, direction, f"measured: {command_of(first)} @ {sha}; {how}"))
     return rows, [m for m in emitted if m not in names]
 
 
-def update_tables(records: Sequence[dict[str, Any]], ref_dir: Path, with_perf: bool) -> list[str]:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+def update_tables(records: Sequence[Record], ref_dir: Path, with_perf: bool) -> list[str]:
+    groups: dict[tuple[str, ...], list[Record]] = {}
     for rec in records:
-        if rec.get("status") != "ok":
-            raise UsageError(f"{rec.get('_path')}: status '{rec.get('status')}'; "
+        if rec.status != "ok":
+            raise UsageError(f"{rec.path}: status '{rec.status}'; "
                              "reference values are only taken from ok runs")
-        key: tuple[str, ...] = (str(rec.get("workload")), str(rec.get("scale")), record_kind(rec),
-               format_config(record_overrides(rec)), str(rec.get("backend")), record_device(rec),
-               str(rec.get("precision")), record_weights_dtype(rec), str(rec.get("mode")),
-               str(rec.get("world_size") or 1))
+        key: tuple[str, ...] = (rec.workload, rec.scale, record_kind(rec),
+               format_config(record_overrides(rec)), rec.backend, record_device(rec),
+               rec.precision, record_weights_dtype(rec), str(rec.mode),
+               str(rec.world_size or 1))
         groups.setdefault(key, []).append(rec)
     done = []
     for key, recs in groups.items():

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.records import Record
 from harness.reference import (
     ALIAS_FILE,
     ANY,
@@ -59,7 +60,7 @@ class Match:
                 f"{r.precision} (weights {r.weights_dtype})/{r.mode}/{ws} — {self.reason}")
 
 
-def config_diff(row: RefRow, record: dict[str, Any], covered: frozenset[str] = frozenset()
+def config_diff(row: RefRow, record: Record, covered: frozenset[str] = frozenset()
                 ) -> list[str]:
     """The configuration keys on which the row and the run differ, each with both values."""
     settings = row.settings
@@ -78,9 +79,9 @@ def _axis(row_value: str, record_value: str) -> int:
     return 2 if row_value == record_value else 1 if row_value == ANY else 0
 
 
-def _record_axes(record: dict[str, Any]) -> dict[str, str]:
-    return {"backend": str(record.get("backend")), "precision": str(record.get("precision")),
-            "mode": str(record.get("mode")), "world_size": str(record.get("world_size") or 1),
+def _record_axes(record: Record) -> dict[str, str]:
+    return {"backend": record.backend, "precision": record.precision,
+            "mode": str(record.mode), "world_size": str(record.world_size or 1),
             "weights_dtype": record_weights_dtype(record), "device": record_device(record)}
 
 
@@ -102,9 +103,9 @@ def _reason(row: RefRow, rec: dict[str, str]) -> str:
     return ", ".join(parts)
 
 
-def _match_in(record: dict[str, Any], rows: Sequence[RefRow], name: str,
+def _match_in(record: Record, rows: Sequence[RefRow], name: str,
               covered: frozenset[str] = frozenset()) -> tuple[Match | None, str]:
-    scale, kind = record.get("scale"), record_kind(record)
+    scale, kind = record.scale, record_kind(record)
     same_scale = [r for r in rows if r.scale == scale]
     if not same_scale:
         scales = sorted({r.scale for r in rows})
@@ -141,9 +142,9 @@ def _match_in(record: dict[str, Any], rows: Sequence[RefRow], name: str,
     return Match(best, _reason(best[0], rec)), ""
 
 
-def find_match(record: dict[str, Any], ref_dir: Path) -> tuple[Match | None, str]:
+def find_match(record: Record, ref_dir: Path) -> tuple[Match | None, str]:
     """(the matched rows, "") or (None, why no row matches)."""
-    workload = str(record.get("workload"))
+    workload = record.workload
     table = table_path(workload, ref_dir)
     rows = load_table(table) if table.exists() else []
     match, why = _match_in(record, rows, table.name)
@@ -166,7 +167,7 @@ def find_match(record: dict[str, Any], ref_dir: Path) -> tuple[Match | None, str
     return None, why
 
 
-def match_record(record: dict[str, Any], rows: Sequence[RefRow]) -> Match | None:
+def match_record(record: Record, rows: Sequence[RefRow]) -> Match | None:
     """The closest fitting row set among `rows` (no alias lookup), or None."""
     return _match_in(record, rows, "table")[0]
 
@@ -198,7 +199,7 @@ def _device_kind(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", low)
 
 
-def same_hardware(row: RefRow, record: dict[str, Any]) -> str:
+def same_hardware(row: RefRow, record: Record) -> str:
     """"" when the row's speed/memory can judge the record, else why not."""
     rec = _record_axes(record)
     if row.backend != rec["backend"]:
@@ -213,7 +214,7 @@ def same_hardware(row: RefRow, record: dict[str, Any]) -> str:
     return ""
 
 
-def compare(record: dict[str, Any], match: Match) -> list[Verdict]:
+def compare(record: Record, match: Match) -> list[Verdict]:
     out: list[Verdict] = []
     for row in match.rows:
         value, why = record_value(record, row.metric)
@@ -232,7 +233,7 @@ def compare(record: dict[str, Any], match: Match) -> list[Verdict]:
 
 @dataclasses.dataclass
 class CheckResult:
-    record: dict[str, Any]
+    record: Record
     table: Path
     match: Match | None
     verdicts: list[Verdict]
@@ -240,19 +241,19 @@ class CheckResult:
     summary: str
 
 
-def check_record(record: dict[str, Any], ref_dir: Path) -> CheckResult:
+def check_record(record: Record, ref_dir: Path) -> CheckResult:
     """Match and compare one record; never a pass without a matched, compared metric."""
-    table = table_path(str(record.get("workload")), ref_dir)
+    table = table_path(record.workload, ref_dir)
     match, why = find_match(record, ref_dir)
     if match is None:
         return CheckResult(record, table, None, [], False, f"no matching row: {why}")
     verdicts = compare(record, match)
     bad = [v.metric for v in verdicts if v.status in ("FAIL", "missing")]
     compared = [v for v in verdicts if v.status in ("pass", "FAIL")]
-    if record.get("status") != "ok":
-        err = str(record.get("error") or "").strip().splitlines()
+    if record.status != "ok":
+        err = str(record.error or "").strip().splitlines()
         return CheckResult(record, table, match, verdicts, False,
-                           f"run status is '{record.get('status')}'"
+                           f"run status is '{record.status}'"
                            + (f": {err[0]}" if err else ""))
     if bad:
         return CheckResult(record, table, match, verdicts, False, "failed: " + ", ".join(bad))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
+from harness.records import Record
 from harness.reference import MEMORY_METRIC, RefRow
 
 _RULES: tuple[tuple[str, str, str], ...] = (
@@ -40,29 +41,29 @@ def rule_direction(metric: str) -> tuple[str, str]:
     return "", "unknown"
 
 
-def metric_directions(records: Sequence[dict[str, Any]], rows: Iterable[RefRow] = (),
+def metric_directions(records: Sequence[Record], rows: Iterable[RefRow] = (),
                       names: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
     """metric -> (direction, source) for every metric in the records, rows and `names`."""
     out: dict[str, tuple[str, str]] = {}
     for rec in records:
-        for metric, direction in (rec.get("metric_directions") or {}).items():
+        for metric, direction in (rec.metric_directions or {}).items():
             if direction in ("higher", "lower"):
                 out.setdefault(metric, (direction, "workload (record)"))
     for row in rows:
         out.setdefault(row.metric, (row.direction, "reference table"))
-    wanted = list(names) + [m for rec in records for m in (rec.get("metrics") or {})]
+    wanted = list(names) + [m for rec in records for m in rec.metrics]
     for metric in wanted:
         if metric not in out:
             out[metric] = rule_direction(metric)
     return out
 
 
-def headline_order(records: Sequence[dict[str, Any]], rows: Iterable[RefRow] = ()) -> list[str]:
+def headline_order(records: Sequence[Record], rows: Iterable[RefRow] = ()) -> list[str]:
     """The primary metric, then the workload's declared (headline) metrics, then the rest."""
     order: list[str] = []
-    emitted = [m for rec in records for m in (rec.get("metrics") or {})]
-    primary = next((str(r["primary_metric"]) for r in records if r.get("primary_metric")), "")
-    declared = [m for r in records for m in (r.get("metric_directions") or {})]
+    emitted = [m for rec in records for m in rec.metrics]
+    primary = next((r.primary_metric for r in records if r.primary_metric), "")
+    declared = [m for r in records for m in (r.metric_directions or {})]
     for metric in [primary, *declared, *(r.metric for r in rows), *emitted]:
         if metric and metric in emitted and metric not in order:
             order.append(metric)

@@ -4,17 +4,14 @@ The weights come from a run's checkpoint.pt (it names its workload and holds the
 config it was trained with) or a bare state dict, always through the safe loader; which
 workload config they must match is harness/eval_config.py's business. Preparation (backend
 checks, data, device, seed, the val loader) is the same as a run's (harness/prepare.py).
-Like a run, anything that goes wrong once the record exists ends in record.json with a status.
+Like a run (the same lifecycle, harness/lifecycle.py), anything that goes wrong once the
+record exists ends in record.json with a status, SIGTERM and a CPU OOM included.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import os
 import time
-import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +20,15 @@ import torch
 from harness import plugins
 from harness.api import Workload
 from harness.config import RunConfig, config_to_dict
-from harness.errors import HarnessError, RunInterrupted, UsageError, worker_error_origin
+from harness.errors import UsageError
 from harness.eval_config import EvalConfig, build_workload, check_checkpoint_config
 from harness.inference import raw_output_agreement, run_inference
-from harness.outdir import RunFolder, claim_run_folder, default_run_folder
+from harness.lifecycle import Job, backend_memory, fallback_ops
+from harness.oom import describe_oom, eval_memory_hint
+from harness.outdir import (RecordWriter, RunFolder, claim_run_folder, default_run_folder,
+                            write_predictions)
 from harness.prepare import PreparedRun, resolve_run, setup_run
-from harness.records import SCHEMA, environment, write_json_atomic
+from harness.records import Record, environment, read_record
 from harness.safe_load import Checkpoint, load_weights
 
 
@@ -37,44 +37,7 @@ def default_out_dir(cfg: EvalConfig) -> Path:
     return default_run_folder(f"eval-{cfg.workload}", cfg.backend, cfg.precision)
 
 
-def _status_for(exc: BaseException) -> str:
-    if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
-        return "interrupted"
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return "oom"
-    return "failed"
-
-
-def _memory(backend: Any) -> dict[str, Any]:
-    try:
-        memory = dataclasses.asdict(backend.memory())
-    except Exception as exc:  # noqa: BLE001 - memory is reported, never fatal
-        memory = {"error": repr(exc)}
-    if backend.emulated:
-        memory["meaningful"] = False
-    return memory
-
-
-def _write_predictions(workload: Workload, predictions: list[Any],
-                       out_dir: Path) -> dict[str, Any] | None:
-    writer = getattr(workload, "write_predictions", None)
-    if writer is None:
-        return None
-    pred_dir = out_dir / "predictions"
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    info = writer(predictions, pred_dir.resolve())
-    if info is None:
-        if not any(pred_dir.iterdir()):
-            pred_dir.rmdir()
-        return None
-    info = dict(info)
-    if info.get("path"):
-        path = Path(info["path"])
-        info["path"] = os.path.relpath(path.resolve(), out_dir.resolve())
-    return info
-
-
-def run_eval(cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
+def run_eval(cfg: EvalConfig, overwrite: bool = False) -> Record:
     """Evaluate a checkpoint; return the record (also written to <out>/record.json).
 
     Usage errors found before the record exists (bad names, a checkpoint of another
@@ -95,10 +58,7 @@ def run_eval(cfg: EvalConfig, overwrite: bool = False) -> dict[str, Any]:
     check_checkpoint_config(cfg, workload, ckpt, scale)
     out_dir = Path(cfg.out) if cfg.out else default_out_dir(cfg)
     folder = _claim_eval_folder(out_dir, overwrite, Path(cfg.checkpoint))
-    try:
-        return _run_eval(cfg, prepared, workload, ckpt, scale, data, out_dir)
-    finally:
-        folder.release()
+    return _run_eval(cfg, prepared, workload, ckpt, scale, data, out_dir, folder)
 
 
 def _claim_eval_folder(out_dir: Path, overwrite: bool, checkpoint: Path) -> RunFolder:
@@ -107,8 +67,8 @@ def _claim_eval_folder(out_dir: Path, overwrite: bool, checkpoint: Path) -> RunF
     record = out_dir / "record.json"
     if record.is_file():
         try:
-            kind = json.loads(record.read_text()).get("kind", "train")
-        except (OSError, ValueError, AttributeError):
+            kind = read_record(record).kind
+        except UsageError:
             kind = "unreadable"
         if kind != "eval":
             raise UsageError(f"--out {out_dir} holds a run's record ({record}, kind {kind}): "
@@ -123,63 +83,59 @@ def _claim_eval_folder(out_dir: Path, overwrite: bool, checkpoint: Path) -> RunF
 
 
 def _run_eval(cfg: EvalConfig, prepared: PreparedRun, workload: Workload, ckpt: Checkpoint,
-              scale: str, data: Any, out_dir: Path) -> dict[str, Any]:
+              scale: str, data: Any, out_dir: Path, folder: RunFolder) -> Record:
     backend = prepared.backend
-    started = time.time()
-    record: dict[str, Any] = {
-        "schema": SCHEMA, "kind": "eval", "workload": cfg.workload, "scale": scale,
-        "config": {"run": cfg.to_dict(), "workload": config_to_dict(workload.config)},
-        "backend": cfg.backend, "mode": backend.mode, "precision": cfg.precision,
-        "weights_dtype": "fp32", "strategy": "single", "world_size": 1, "seed": cfg.seed,
-        "emulated": backend.emulated, "status": "running", "error": None,
-        "checkpoint": {"path": str(Path(cfg.checkpoint).resolve()), "layout": ckpt.layout,
-                       "step": ckpt.step, "config_checked": ckpt.workload_config is not None},
-        "metrics": {}, "throughput": {}, "memory": {}, "losses": [], "evals": [],
-        "model": {"params": None, "train_flops_per_sample": None}, "predictions": None,
-        "data": {"source": data.source, "from_data": dict(getattr(data, "from_data", {}) or {})},
-        "data_source": data.source, "fallback_ops": [], "env": {},
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": None,
-    }
-    record["out_dir"] = str(out_dir)
-    record_path = out_dir / "record.json"
-    write_json_atomic(record_path, record)
-    error: BaseException | None = None
     try:
-        setup_run(prepared, load_data=False)
-        _evaluate(cfg, prepared, ckpt, out_dir, record)
-        record["status"] = "ok"
-    except BaseException as raised:  # noqa: BLE001 - every ending gets a record
-        error = exc = worker_error_origin(raised)
-        record["status"] = _status_for(exc)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        record["error"] = detail if isinstance(exc, HarnessError) else (
-            detail + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:]))
-    finally:
-        record["duration_s"] = round(time.time() - started, 3)
-        if not record["memory"]:  # ended before the timed window did
-            record["memory"] = _memory(backend)
-        try:
-            record["fallback_ops"] = backend.fallback_report()
-        except Exception:  # noqa: BLE001
-            record["fallback_ops"] = []
-        write_json_atomic(record_path, record)
-        prepared.close()
-    if error is not None:
-        raise error
-    return record
+        record = _eval_record(cfg, workload, ckpt, scale, data, out_dir, backend)
+    except BaseException:
+        folder.release()
+        raise
+    job = Job(record, RecordWriter(out_dir / "record.json"), folder)
+    job.start()
+
+    def finish() -> None:
+        if not record.memory:  # ended before the timed window did
+            record.memory = backend_memory(backend)
+        record.fallback_ops = fallback_ops(backend)
+
+    return job.run(
+        lambda: _evaluate(cfg, prepared, ckpt, out_dir, record, job.progress), finish=finish,
+        teardown=[("closing the backend", prepared.close)],
+        on_oom=lambda: describe_oom(record, backend, job.progress,
+                                    eval_memory_hint(cfg.batch_size or _batch_size(workload),
+                                                     cfg.precision)))
+
+
+def _eval_record(cfg: EvalConfig, workload: Workload, ckpt: Checkpoint, scale: str, data: Any,
+                 out_dir: Path, backend: Any) -> Record:
+    return Record(
+        kind="eval", workload=cfg.workload, scale=scale, backend=cfg.backend,
+        mode=backend.mode, precision=cfg.precision,
+        config={"run": cfg.to_dict(), "workload": config_to_dict(workload.config)},
+        seed=cfg.seed, emulated=backend.emulated,
+        checkpoint={"path": str(Path(cfg.checkpoint).resolve()), "layout": ckpt.layout,
+                    "step": ckpt.step, "config_checked": ckpt.workload_config is not None},
+        data={"source": data.source, "from_data": dict(data.from_data)},
+        out_dir=str(out_dir), metric_directions=dict(workload.metrics) or None,
+        primary_metric=workload.primary_metric or None)
+
+
+def _batch_size(workload: Workload) -> int:
+    return getattr(workload.config, "eval_batch_size", None) or 1
 
 
 def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir: Path,
-              record: dict[str, Any]) -> None:
+              record: Record, progress: dict[str, Any]) -> None:
+    progress["phase"] = "setup"
+    setup_run(prepared, load_data=False)
     workload, backend = prepared.workload, prepared.backend
     device = prepared.device or torch.device("cpu")
-    record["env"] = environment(backend.describe())
+    record.env = environment(backend.describe())
     torch_model = workload.build_model()
     load_weights(torch_model, ckpt, cfg.checkpoint)
     torch_model.eval()
-    record["model"]["params"] = sum(p.numel() for p in torch_model.parameters())
-    wcfg = workload.config
-    batch_size = getattr(wcfg, "eval_batch_size", None) or 1
+    record.model["params"] = sum(p.numel() for p in torch_model.parameters())
+    batch_size = _batch_size(workload)
     loader = prepared.loader("val")  # the loader a run's final evaluation uses
     if len(loader) == 0:
         raise UsageError("the val split is empty")
@@ -189,7 +145,7 @@ def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir:
         model = backend.prepare_model(torch_model.to(device))
     warmup = cfg.warmup_batches if cfg.warmup_batches is not None else 2
     warmup = max(0, min(warmup, len(loader) - 1))
-    print(f"[harness] eval {cfg.workload} ({record['scale']}) on {backend.name}/{backend.mode}/"
+    print(f"[harness] eval {cfg.workload} ({record.scale}) on {backend.name}/{backend.mode}/"
           f"{cfg.precision}{' (emulated)' if backend.emulated else ''}: {len(loader)} batches of "
           f"{batch_size}, {warmup} warmup; out {out_dir}", flush=True)
     profiler = None
@@ -197,37 +153,40 @@ def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir:
         from harness.profiling import StepProfiler
 
         profiler = StepProfiler(backend, out_dir, cfg.profile_steps)
+    progress["phase"] = "inference"
     result = run_inference(workload, model, loader, backend, cfg.precision, warmup, batch_size,
                            profiler)
     if profiler is not None and profiler.result is not None:
-        record["profile"] = {**profiler.result, "note": "profiled batches are inside the timed "
-                                                        "window: latency includes the overhead"}
+        record.profile = {**profiler.result, "note": "profiled batches are inside the timed "
+                                                     "window: latency includes the overhead"}
         print(profiler.console(), flush=True)
-    record["memory"] = _memory(backend)  # the timed window's peak, before the extra passes
+    record.memory = backend_memory(backend)  # the timed window's peak, before the extra passes
     throughput = result.throughput
     if backend.emulated:
         throughput["meaningful"] = False
         throughput["note"] = "emulated device: speed is the CPU emulation's, not hardware's"
-    record["throughput"] = throughput
+    record.throughput = throughput
+    progress["phase"] = "metric"
     t0 = time.perf_counter()
     metrics = {k: float(v) for k, v in workload.evaluate(result.predictions).items()}
-    record["metrics"] = metrics
-    record["evals"] = [{"step": ckpt.step, "metrics": metrics,
-                        "eval_samples": len(result.predictions),
-                        "inference_s": round(result.seconds, 3),
-                        "eval_s": round(result.seconds + time.perf_counter() - t0, 3)}]
-    record["predictions"] = _write_predictions(workload, result.predictions, out_dir)
+    record.metrics = metrics
+    record.evals = [{"step": ckpt.step, "metrics": metrics,
+                     "eval_samples": len(result.predictions),
+                     "inference_s": round(result.seconds, 3),
+                     "eval_s": round(result.seconds + time.perf_counter() - t0, 3)}]
+    record.predictions = write_predictions(workload, result.predictions, out_dir)
     if getattr(backend, "inference_only", False):
+        progress["phase"] = "output agreement"
         limit = cfg.agreement_batches or None
-        record["raw_output_agreement"] = raw_output_agreement(
+        record.raw_output_agreement = raw_output_agreement(
             workload, model, torch_model, itertools.islice(loader, limit), torch.device("cpu"),
             f"{backend.name} ({', '.join(getattr(backend, 'providers', []) or ['?'])})",
-            "pytorch (cpu, fp32)", output_names=record.get("onnx", {}).get("outputs"))
+            "pytorch (cpu, fp32)", output_names=(record.onnx or {}).get("outputs"))
     print("[harness] eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
 
 
 def _graph_model(cfg: EvalConfig, workload: Workload, backend: Any, torch_model: Any,
-                 loader: Any, out_dir: Path, record: dict[str, Any]) -> Any:
+                 loader: Any, out_dir: Path, record: Record) -> Any:
     """Inference-only backends run an exported graph: export it now, or load --onnx."""
     from harness.export import DEFAULT_OPSET, capture_forward, export_onnx
 
@@ -244,7 +203,7 @@ def _graph_model(cfg: EvalConfig, workload: Workload, backend: Any, torch_model:
         path = out_dir / "model.onnx"
         info = export_onnx(workload, torch_model, args, outputs, path, cfg.opset or DEFAULT_OPSET)
         info.update(path=os.path.relpath(path.resolve(), out_dir.resolve()), exported=True)
-    record["onnx"] = info
+    record.onnx = info
     graph = backend.load_graph(path, torch_model, spec, args)
-    record["env"] = environment(backend.describe())  # the providers the session really uses
+    record.env = environment(backend.describe())  # the providers the session really uses
     return graph

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from harness.errors import MissingExtra, UsageError
+from harness.records import Record
 from harness.reference import MEMORY_METRIC, record_value
 
 THRESHOLD_COLUMNS = ("workload", "step_time_rel", "memory_rel", "alpha", "note")
@@ -98,46 +99,43 @@ class GateResult:
         return self.verdict in FAILING
 
 
-def _label(record: dict[str, Any]) -> str:
-    path = Path(str(record.get("_path", "?")))
+def _label(record: Record) -> str:
+    path = record.path or Path("?")
     return path.parent.name if path.name == "record.json" else path.name
 
 
-def _batch_size(record: dict[str, Any]) -> Any:
-    config = record.get("config") or {}
-    return ((config.get("workload") or {}).get("batch_size")
-            or (config.get("run") or {}).get("batch_size"))
+def _batch_size(record: Record) -> Any:
+    return record.workload_config().get("batch_size") or record.run_config().get("batch_size")
 
 
 # (label, getter): what a baseline must share with the candidate to be pooled with it.
-POOL_KEYS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
-    ("workload", lambda r: r.get("workload")),
-    ("scale", lambda r: r.get("scale")),
-    ("kind", lambda r: r.get("kind") or "train"),
-    ("data source", lambda r: (r.get("data") or {}).get("source") or r.get("data_source")),
+POOL_KEYS: tuple[tuple[str, Callable[[Record], Any]], ...] = (
+    ("workload", lambda r: r.workload),
+    ("scale", lambda r: r.scale),
+    ("kind", lambda r: r.kind),
+    ("data source", lambda r: r.data_source),
     ("batch size", _batch_size),
-    ("grad accum", lambda r: ((r.get("config") or {}).get("run") or {}).get("grad_accum") or 1),
-    ("precision", lambda r: r.get("precision")),
-    ("weights dtype", lambda r: r.get("weights_dtype") or "fp32"),
-    ("mode", lambda r: r.get("mode")),
-    ("backend", lambda r: r.get("backend")),
-    ("device", lambda r: (r.get("env") or {}).get("device_name")),
-    ("world size", lambda r: r.get("world_size") or 1),
-    ("overrides", lambda r: tuple(sorted(((r.get("config") or {}).get("run") or {})
-                                         .get("overrides") or ()))),
+    ("grad accum", lambda r: r.run_config().get("grad_accum") or 1),
+    ("precision", lambda r: r.precision),
+    ("weights dtype", lambda r: r.weights_dtype or "fp32"),
+    ("mode", lambda r: r.mode),
+    ("backend", lambda r: r.backend),
+    ("device", lambda r: r.device_name),
+    ("world size", lambda r: r.world_size or 1),
+    ("overrides", lambda r: tuple(sorted(r.run_config().get("overrides") or ()))),
 )
 
 
-def _key(record: dict[str, Any]) -> tuple[Any, ...]:
+def _key(record: Record) -> tuple[Any, ...]:
     return tuple(get(record) for _, get in POOL_KEYS)
 
 
-def _differences(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
+def _differences(base: Record, cand: Record) -> list[str]:
     return [label for label, get in POOL_KEYS if get(base) != get(cand)]
 
 
-def _same_file(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return Path(str(a.get("_path"))).resolve() == Path(str(b.get("_path"))).resolve()
+def _same_file(a: Record, b: Record) -> bool:
+    return Path(str(a.path)).resolve() == Path(str(b.path)).resolve()
 
 
 def _u_test(cand: Sequence[float], base: Sequence[float]) -> float:
@@ -150,13 +148,13 @@ def _u_test(cand: Sequence[float], base: Sequence[float]) -> float:
     return float(mannwhitneyu(cand, base, alternative="greater").pvalue)
 
 
-def _time_check(res: GateResult, cand: dict[str, Any], bases: list[dict[str, Any]]) -> None:
-    if cand.get("emulated") or (cand.get("throughput") or {}).get("meaningful") is False:
+def _time_check(res: GateResult, cand: Record, bases: list[Record]) -> None:
+    if cand.emulated or cand.throughput.get("meaningful") is False:
         res.time_verdict = "skip (emulated: speed not meaningful)"
         return
-    c_times = list((cand.get("throughput") or {}).get("step_times_s") or [])
+    c_times = list(cand.throughput.get("step_times_s") or [])
     # Pooled over baseline runs: more samples, and run-to-run spread widens the null.
-    b_times = [t for b in bases for t in (b.get("throughput") or {}).get("step_times_s") or []]
+    b_times = [t for b in bases for t in b.throughput.get("step_times_s") or []]
     if len(c_times) < MIN_STEPS or len(b_times) < MIN_STEPS:
         res.time_verdict = (f"too few timed steps (candidate {len(c_times)}, baseline "
                             f"{len(b_times)}; need {MIN_STEPS}+)")
@@ -182,7 +180,7 @@ def _time_check(res: GateResult, cand: dict[str, Any], bases: list[dict[str, Any
         res.time_verdict = f"ok ({res.slowdown:+.1%}, p={res.p_value:.2g})"
 
 
-def _memory_check(res: GateResult, cand: dict[str, Any], bases: list[dict[str, Any]]) -> None:
+def _memory_check(res: GateResult, cand: Record, bases: list[Record]) -> None:
     c_mem, why = record_value(cand, MEMORY_METRIC)
     b_mems = [v for v, _ in (record_value(b, MEMORY_METRIC) for b in bases) if v is not None]
     if c_mem is None or not b_mems:
@@ -199,32 +197,32 @@ def _memory_check(res: GateResult, cand: dict[str, Any], bases: list[dict[str, A
         res.mem_verdict = f"ok ({res.mem_change:+.1%})"
 
 
-def gate(candidates: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
+def gate(candidates: Sequence[Record], baselines: Sequence[Record],
          thresholds_path: Path | None = None, overrides: dict[str, float] | None = None,
          ) -> list[GateResult]:
     """Gate each candidate against the ok baseline runs with the same key (not itself)."""
     results = []
     for cand in candidates:
         key = _key(cand)
-        thr = load_thresholds(thresholds_path, str(cand.get("workload")))
+        thr = load_thresholds(thresholds_path, cand.workload)
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
         if given:
             thr = dataclasses.replace(thr, **given, source=f"{thr.source} + command line")
-        res = GateResult(_label(cand), f"{cand.get('workload')}/{cand.get('scale')}/"
-                         f"{cand.get('backend')}/{cand.get('mode')}/{cand.get('precision')}/"
-                         f"ws{cand.get('world_size') or 1}", thresholds=thr)
+        res = GateResult(_label(cand), f"{cand.workload}/{cand.scale}/"
+                         f"{cand.backend}/{cand.mode}/{cand.precision}/"
+                         f"ws{cand.world_size or 1}", thresholds=thr)
         results.append(res)
-        if cand.get("status") != "ok":
+        if cand.status != "ok":
             res.verdict = "failed run"
-            res.time_verdict = f"candidate status '{cand.get('status')}'"
+            res.time_verdict = f"candidate status '{cand.status}'"
             continue
         others = [b for b in baselines if not _same_file(b, cand)]
-        bases = [b for b in others if _key(b) == key and b.get("status") == "ok"]
+        bases = [b for b in others if _key(b) == key and b.status == "ok"]
         res.baselines = len(bases)
         left_out: dict[str, int] = {}
         for b in others:
-            if b.get("status") != "ok":
-                left_out[f"status {b.get('status')}"] = left_out.get(f"status {b.get('status')}", 0) + 1
+            if b.status != "ok":
+                left_out[f"status {b.status}"] = left_out.get(f"status {b.status}", 0) + 1
             for label in _differences(b, cand):
                 left_out[f"other {label}"] = left_out.get(f"other {label}", 0) + 1
         res.pooled = (f"pooled {len(bases)} of {len(others)} baseline run(s) with the same "

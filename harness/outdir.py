@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, UsageError
-from harness.records import write_json_atomic
+from harness.records import Record, write_record
 
 LOCK_NAME = ".harness.lock"
 
@@ -151,10 +151,10 @@ class RecordWriter:
         self.fallback: Path | None = None
         self.failure: str | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         if self.fallback is None:
             try:
-                write_json_atomic(self.path, record)
+                write_record(self.path, record)
                 return
             except OSError as exc:
                 self.failure = os_error_line(exc, str(self.path))
@@ -166,11 +166,31 @@ class RecordWriter:
                 # printed at the end points at the fallback instead.
                 with contextlib.suppress(OSError):
                     self.path.unlink(missing_ok=True)
-                record["record_error"] = f"record.json could not be written: {self.failure}"
-        write_json_atomic(self.fallback, record)
+                record.record_error = f"record.json could not be written: {self.failure}"
+        write_record(self.fallback, record)
 
     def line(self, cause: str = "") -> str:
         """One line: what failed first (if anything), then where the record is."""
         lead = f"{cause}; " if cause else ""
         return (f"{lead}the record could not be written to {self.path} ({self.failure}); "
                 f"it is at {self.fallback}")
+
+
+def write_predictions(workload: Any, predictions: list[Any],
+                      out_dir: Path) -> dict[str, Any] | None:
+    """The workload's submission file under <out>/predictions; its path relative to the
+    job's folder (a run's or an evaluation's)."""
+    pred_dir = out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    info = workload.write_predictions(predictions, pred_dir.resolve())
+    if info is None:
+        with contextlib.suppress(OSError):
+            pred_dir.rmdir()  # nothing written: no empty folder left behind
+        return None
+    info = dict(info)
+    if info.get("path"):
+        path = Path(info["path"])
+        if not path.is_absolute():
+            path = pred_dir.resolve() / path
+        info["path"] = os.path.relpath(path, out_dir.resolve())
+    return info

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from harness.directions import headline_order, metric_directions
 from harness.errors import UsageError
+from harness.records import Record
 from harness.gate import MIN_STEPS
 from harness.reference import MEMORY_METRIC, RefRow, record_value
 
@@ -46,7 +47,7 @@ class Tolerance:
 class Parity:
     title: str
     labels: list[str]
-    records: list[dict[str, Any]]
+    records: list[Record]
     header: list[str]
     rows: list[list[str]]  # run rows, then metric rows; cells already formatted
     run_rows: int  # how many of `rows` describe the runs
@@ -61,14 +62,14 @@ class Parity:
         return "WORSE" in self.verdicts
 
 
-def labels_for(records: Sequence[dict[str, Any]]) -> list[str]:
+def labels_for(records: Sequence[Record]) -> list[str]:
     """Short, unique: the run folder's name when short, else backend-precision."""
     out: list[str] = []
     for rec in records:
-        p = Path(str(rec.get("_path", "run")))
+        p = rec.path or Path("run")
         name = p.parent.name if p.name == "record.json" else p.stem
         if len(name) > 14:
-            name = f"{rec.get('backend')}-{rec.get('precision')}"
+            name = f"{rec.backend}-{rec.precision}"
         base, n = name, 2
         while name in out:
             name, n = f"{base}#{n}", n + 1
@@ -76,8 +77,8 @@ def labels_for(records: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def timed_steps(record: dict[str, Any]) -> int:
-    tp = record.get("throughput") or {}
+def timed_steps(record: Record) -> int:
+    tp = record.throughput
     return int(tp.get("timed_steps") or len(tp.get("step_times_s") or []))
 
 
@@ -113,9 +114,9 @@ def _fmt(value: float | None, scale: float = 1.0) -> str:
 
 
 def _judge(name: str, value: float | None, base: float | None, tol: Tolerance,
-           rec: dict[str, Any], base_rec: dict[str, Any]) -> tuple[str, str]:
+           rec: Record, base_rec: Record) -> tuple[str, str]:
     """(delta cell, verdict)."""
-    if name in PERF and (rec.get("emulated") or base_rec.get("emulated")):
+    if name in PERF and (rec.emulated or base_rec.emulated):
         return "-", "n/a (emulated)"
     if value is None or base is None or math.isnan(value) or math.isnan(base):
         return "-", "n/a"
@@ -134,33 +135,31 @@ def _judge(name: str, value: float | None, base: float | None, tol: Tolerance,
     return shown, "better" if better else "WORSE"
 
 
-def _run_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    def steps(r: dict[str, Any]) -> str:
-        tp = r.get("throughput") or {}
-        got = tp.get("optimizer_steps") or ((r.get("config") or {}).get("run") or {}).get("steps")
+def _run_rows(records: Sequence[Record]) -> list[tuple[str, list[str]]]:
+    def steps(r: Record) -> str:
+        got = r.throughput.get("optimizer_steps") or r.run_config().get("steps")
         return "-" if got is None else str(got)
 
-    fields = [("backend", lambda r: str(r.get("backend"))),
-              ("device", lambda r: str((r.get("env") or {}).get("device_name") or "-")),
-              ("precision", lambda r: f"{r.get('precision')} (weights "
-                                      f"{r.get('weights_dtype') or 'fp32'})"),
-              ("mode / world size", lambda r: f"{r.get('mode')} / {r.get('world_size') or 1}"),
-              ("steps", steps), ("seed", lambda r: str(r.get("seed", "-"))),
+    fields = [("backend", lambda r: r.backend),
+              ("device", lambda r: str(r.device_name or "-")),
+              ("precision", lambda r: f"{r.precision} (weights {r.weights_dtype or 'fp32'})"),
+              ("mode / world size", lambda r: f"{r.mode} / {r.world_size or 1}"),
+              ("steps", steps), ("seed", lambda r: "-" if r.seed is None else str(r.seed)),
               ("timed steps", lambda r: str(timed_steps(r))),
-              ("emulated", lambda r: "yes" if r.get("emulated") else "no"),
-              ("status", lambda r: str(r.get("status")))]
+              ("emulated", lambda r: "yes" if r.emulated else "no"),
+              ("status", lambda r: r.status)]
     return [(name, [get(r) for r in records]) for name, get in fields]
 
 
-def build(records: Sequence[dict[str, Any]], ref_dir: Path | None = None,
+def build(records: Sequence[Record], ref_dir: Path | None = None,
           metrics: Sequence[str] | None = None) -> Parity:
     if not records:
         raise UsageError("harness parity needs at least one record")
-    kinds = {(r.get("workload"), r.get("scale")) for r in records}
+    kinds = {(r.workload, r.scale) for r in records}
     if len(kinds) > 1:
         listed = ", ".join(f"{w}/{s}" for w, s in sorted(kinds, key=str))
         raise UsageError(f"parity compares runs of one workload and scale; got {listed}")
-    if len({r.get("kind") or "train" for r in records}) > 1:  # training vs inference speed
+    if len({r.kind for r in records}) > 1:  # training vs inference speed
         raise UsageError("parity compares runs of one kind; got train and eval records")
     base = records[0]
     matched: dict[str, RefRow] = {}
@@ -203,9 +202,9 @@ def build(records: Sequence[dict[str, Any]], ref_dir: Path | None = None,
         rows.append(row)
     warnings = [f"{lab}: {timed_steps(r)} timed steps (< {MIN_STEPS}); its speed and memory "
                 f"are not compared" for lab, r in zip(labels, records, strict=True)
-                if timed_steps(r) < MIN_STEPS and not r.get("emulated")]
-    warnings += [f"{lab}: status {r.get('status')}" for lab, r in zip(labels, records, strict=True)
-                 if r.get("status") != "ok"]
+                if timed_steps(r) < MIN_STEPS and not r.emulated]
+    warnings += [f"{lab}: status {r.status}" for lab, r in zip(labels, records, strict=True)
+                 if r.status != "ok"]
     unknown_dir = [n for n in names if not tols[n].direction]
     if unknown_dir:
         warnings.append(f"no known direction for {', '.join(unknown_dir)}: a difference "

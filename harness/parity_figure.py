@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.errors import MissingExtra
 from harness.parity import PERF, Parity
+from harness.records import Record
 from harness.reference import MEMORY_METRIC, record_value
 
 BACKEND_COLOURS = {"cuda": "#2ca02c", "npu": "#d62728", "hpu": "#1f77b4", "cpu": "#7f7f7f",
@@ -18,23 +19,23 @@ BACKEND_COLOURS = {"cuda": "#2ca02c", "npu": "#d62728", "hpu": "#1f77b4", "cpu":
 _SPARE = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
-def colours(records: list[dict[str, Any]]) -> list[str]:
+def colours(records: list[Record]) -> list[str]:
     known = dict(BACKEND_COLOURS)
     out = []
     for rec in records:
-        backend = str(rec.get("backend"))
+        backend = rec.backend
         if backend not in known:
             known[backend] = _SPARE[(len(known) - len(BACKEND_COLOURS)) % len(_SPARE)]
         out.append(known[backend])
     return out
 
 
-def measured(record: dict[str, Any], metric: str) -> float | None:
+def measured(record: Record, metric: str) -> float | None:
     """The value as measured, even where it is not meaningful (emulated devices)."""
     if metric == "fps":
-        v = (record.get("throughput") or {}).get("samples_per_s")
+        v = record.throughput.get("samples_per_s")
     elif metric == MEMORY_METRIC:
-        mem = record.get("memory") or {}
+        mem = record.memory
         v = next((mem[k] for k in ("device_peak_allocated_bytes", "device_peak_reserved_bytes",
                                    "host_peak_rss_bytes") if mem.get(k) is not None), None)
     else:
@@ -45,7 +46,7 @@ def measured(record: dict[str, Any], metric: str) -> float | None:
 def _bars(ax: Any, p: Parity, metric: str, cols: list[str], scale: float) -> None:
     for i, rec in enumerate(p.records):
         v = measured(rec, metric)
-        emulated = bool(rec.get("emulated")) and metric in PERF
+        emulated = rec.emulated and metric in PERF
         height = 0.0 if v is None else v * scale
         bar = ax.bar(i, height, color=cols[i], alpha=0.45 if emulated else 0.9,
                      hatch="//" if emulated else None, edgecolor="black" if emulated else cols[i])
@@ -72,7 +73,7 @@ def draw(p: Parity) -> Any:
     fig, ((ax_loss, ax_acc), (ax_fps, ax_mem)) = plt.subplots(2, 2, figsize=(12, 8))
     styles = ("-", "--", ":", "-.")
     for i, (label, rec) in enumerate(zip(p.labels, p.records, strict=True)):
-        pts = [(r["step"], r["loss"]) for r in rec.get("losses") or []
+        pts = [(r["step"], r["loss"]) for r in rec.losses
                if isinstance(r.get("loss"), (int, float))]
         if pts:  # distinct dashes keep identical curves (true parity) visible
             ax_loss.plot(*zip(*pts, strict=True), linestyle=styles[i % len(styles)], marker="o",
@@ -111,10 +112,9 @@ def draw(p: Parity) -> Any:
     ax_fps.set(title="training throughput (samples/s)", ylabel="samples/s")
     _bars(ax_mem, p, MEMORY_METRIC, cols, 2**-20)
     ax_mem.set(title="peak memory (MiB)", ylabel="MiB")
-    backends = dict.fromkeys(str(r.get("backend")) for r in p.records)
-    handles = [Patch(color=c, label=b)
-               for b, c in zip(backends, colours([{"backend": b} for b in backends]), strict=True)]
-    if any(r.get("emulated") for r in p.records):
+    by_backend = dict(zip((r.backend for r in p.records), colours(p.records), strict=True))
+    handles = [Patch(color=c, label=b) for b, c in by_backend.items()]
+    if any(r.emulated for r in p.records):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="emulated device: speed/memory not meaningful"))
     fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.errors import UsageError
-from harness.records import read_record
+from harness.records import Record, read_record
 
 COLUMNS = ("scale", "kind", "config", "backend", "device", "precision", "weights_dtype", "mode",
            "world_size", "metric", "value", "tolerance", "tolerance_kind", "direction", "source")
@@ -25,7 +25,7 @@ ANY = "any"  # a published row that does not state this axis
 KINDS = ("train", "eval")
 PRECISIONS = ("fp32", "bf16", "fp16", ANY)
 MODES = ("eager", "lazy", "compile", ANY)
-# Metrics that live outside record["metrics"]; rows may use either speed name.
+# Metrics that live outside record.metrics; rows may use either speed name.
 SPEED_METRICS = ("fps", "samples_per_s")
 MEMORY_METRIC = "peak_memory_bytes"
 PERF_METRICS = (*SPEED_METRICS, MEMORY_METRIC)
@@ -251,28 +251,27 @@ def collect_record_paths(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def load_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+def load_records(paths: Iterable[Path]) -> list[Record]:
     return [read_record(p) for p in collect_record_paths(paths)]
 
 
-def record_device(record: dict[str, Any]) -> str:
-    return str((record.get("env") or {}).get("device_name") or "unstated")
+def record_device(record: Record) -> str:
+    return str(record.device_name or "unstated")
 
 
-def record_kind(record: dict[str, Any]) -> str:
-    return str(record.get("kind") or "train")
+def record_kind(record: Record) -> str:
+    return record.kind
 
 
-def record_weights_dtype(record: dict[str, Any]) -> str:
+def record_weights_dtype(record: Record) -> str:
     """Records from before the field existed were all fp32-weight runs."""
-    return str(record.get("weights_dtype") or "fp32")
+    return record.weights_dtype or "fp32"
 
 
-def record_overrides(record: dict[str, Any]) -> dict[str, str]:
+def record_overrides(record: Record) -> dict[str, str]:
     """The run's `--set` overrides that are configuration (canonical values)."""
-    run = (record.get("config") or {}).get("run") or {}
     out: dict[str, str] = {}
-    for item in run.get("overrides") or []:
+    for item in record.run_config().get("overrides") or []:
         key, _, value = str(item).partition("=")
         if key.strip().split(".")[0] not in NOT_CONFIG_KEYS:
             out[key.strip()] = canon(value)
@@ -282,10 +281,10 @@ def record_overrides(record: dict[str, Any]) -> dict[str, str]:
 _MISSING = object()
 
 
-def record_setting(record: dict[str, Any], key: str) -> str | None:
+def record_setting(record: Record, key: str) -> str | None:
     """The run's resolved value of a (dotted) workload config key, else its override, else
     None when the record does not say."""
-    node: Any = (record.get("config") or {}).get("workload")
+    node: Any = record.workload_config()
     for part in key.split("."):
         node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
     if node is not _MISSING:
@@ -294,21 +293,21 @@ def record_setting(record: dict[str, Any], key: str) -> str | None:
 
 
 
-def record_value(record: dict[str, Any], metric: str) -> tuple[float | None, str]:
+def record_value(record: Record, metric: str) -> tuple[float | None, str]:
     """(value, why-not) for a metric, speed or memory row; value None when not comparable."""
     if metric in SPEED_METRICS:
-        tp = record.get("throughput") or {}
-        if record.get("emulated") or tp.get("meaningful") is False:
+        tp = record.throughput
+        if record.emulated or tp.get("meaningful") is False:
             return None, "speed not meaningful (emulated device)"
         v = tp.get("samples_per_s")
     elif metric == MEMORY_METRIC:
-        mem = record.get("memory") or {}
-        if record.get("emulated") or mem.get("meaningful") is False:
+        mem = record.memory
+        if record.emulated or mem.get("meaningful") is False:
             return None, "memory not meaningful (emulated device)"
         v = next((mem[k] for k in ("device_peak_allocated_bytes", "device_peak_reserved_bytes",
                                    "host_peak_rss_bytes") if mem.get(k) is not None), None)
     else:
-        v = (record.get("metrics") or {}).get(metric)
+        v = record.metrics.get(metric)
     if v is None:
         return None, "missing from the record"
     try:

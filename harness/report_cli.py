@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 # ----------------------------------------------------------------------------- check
 def _render_check(res: CheckResult) -> str:
     rec = res.record
-    lines = [f"record: {rec.get('_path')} ({rec.get('workload')} {rec.get('scale')} "
-             f"{rec.get('kind') or 'train'}, {rec.get('backend')} {rec.get('precision')} "
-             f"(weights {rec.get('weights_dtype') or 'fp32'}) {rec.get('mode')} "
-             f"ws={rec.get('world_size')}, status {rec.get('status')})"]
+    lines = [f"record: {rec.path} ({rec.workload} {rec.scale} "
+             f"{rec.kind}, {rec.backend} {rec.precision} "
+             f"(weights {rec.weights_dtype or 'fp32'}) {rec.mode} "
+             f"ws={rec.world_size}, status {rec.status})"]
     if res.match is None:
         return "\n".join([*lines, f"  {res.summary}", "  result: FAIL (no matching row)"])
     lines.append(f"  matched: {res.match.describe()}")

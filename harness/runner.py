@@ -1,9 +1,9 @@
 """One run: setup -> warmup steps -> timed window -> evaluation -> record.
 
 The harness owns the loop and the clock; the workload owns model, data and metric; the
-backend owns the device. Failures of any kind still write record.json with a status, and
-each finishing step (closing the window, observers, backend and strategy teardown) is
-guarded on its own, so a raising one never skips the others or the record.
+backend owns the device. The job's life (the running record, signals, the status, the
+guarded teardown, the record-writer fallback) is harness/lifecycle.py's, shared with
+`harness eval`; this module holds a run's phases and what its record says.
 """
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ import dataclasses
 import errno
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import time
-import traceback
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -28,9 +22,9 @@ from harness import plugins
 from harness.api import Run
 from harness.checkpoint import effective_interval
 from harness.config import RunConfig, config_to_dict
-from harness.errors import Diverged, HarnessError, RunInterrupted, worker_error_origin
-from harness.oom import OutOfMemory, describe_oom
-from harness.outdir import RecordNotWritten, RecordWriter, claim_run_folder, default_run_folder
+from harness.lifecycle import Job, backend_memory, fallback_ops
+from harness.oom import describe_oom, memory_hint
+from harness.outdir import RecordWriter, claim_run_folder, default_run_folder, write_predictions
 from harness.prepare import (  # noqa: F401 - re-exported: the names callers used before
     DEFAULT_CACHE,
     PreparedRun,
@@ -42,7 +36,7 @@ from harness.prepare import (  # noqa: F401 - re-exported: the names callers use
     resolve_workload_config,
     setup_run,
 )
-from harness.records import SCHEMA, _umask, environment
+from harness.records import Record, _umask, environment
 from harness.resume import continued_record as _continued_record
 from harness.resume import resume_checkpoint as _resume_checkpoint
 from harness.strategies import Strategy
@@ -55,50 +49,6 @@ def default_out_dir(run: RunConfig) -> Path:
     return default_run_folder(run.workload, run.backend, run.precision)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (schedulers, CI cancel) ends the run like SIGINT: with a record."""
-    def handler(signum: int, frame: Any) -> None:
-        raise RunInterrupted(f"received signal {signal.Signals(signum).name}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def _first_sigint_finishes_the_step(progress: dict[str, Any], enabled: bool) -> Iterator[None]:
-    """Ctrl-C once during training: finish the step, write a checkpoint and the record
-    (status interrupted, resumable); twice, or outside the training loop: stop at once.
-    Under --nproc every worker gets the SIGINT from the launcher, maybe in different steps:
-    the loop's `strategy.any_rank` makes all of them stop after the same one."""
-    def handler(signum: int, frame: Any) -> None:
-        if progress.get("training") and not progress.get("stop_requested"):
-            progress["stop_requested"] = True
-            print(f"\n[harness] interrupt: finishing step {progress.get('step')}, then writing "
-                  f"a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-            return
-        raise KeyboardInterrupt
-
-    previous = None
-    if enabled:
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            enabled = False
-    try:
-        yield
-    finally:
-        if enabled:
-            signal.signal(signal.SIGINT, previous)
-
-
 def weights_dtype(strategy: Strategy, precision: str) -> str:
     """The dtype the weights are kept in: fp32 under autocast, the precision itself where the
     strategy casts the model (DeepSpeed bf16/fp16)."""
@@ -107,73 +57,20 @@ def weights_dtype(strategy: Strategy, precision: str) -> str:
     return "fp32"
 
 
-def _base_record(run: Run) -> dict[str, Any]:
+def _base_record(run: Run) -> Record:
     cfg = run.config
-    return {
-        "schema": SCHEMA, "kind": "train", "workload": cfg.workload, "scale": cfg.scale,
-        "config": {"run": cfg.to_dict(), "workload": config_to_dict(run.workload.config)},
-        "backend": cfg.backend, "mode": run.backend.mode, "precision": cfg.precision,
-        "weights_dtype": weights_dtype(run.strategy, cfg.precision),
-        "strategy": run.strategy.name, "world_size": run.strategy.world_size, "seed": cfg.seed,
-        "emulated": run.backend.emulated, "status": "running", "error": None,
-        "metrics": {}, "throughput": {}, "memory": {}, "losses": [], "evals": [],
-        "model": {"params": None, "train_flops_per_sample": None}, "predictions": None,
-        "fallback_ops": [], "env": {},
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": None,
-    }
-
-
-def _status_for(exc: BaseException) -> str:
-    if isinstance(exc, Diverged):
-        return "diverged"
-    if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
-        return "interrupted"
-    if is_oom(exc):
-        return "oom"
-    return "failed"
-
-
-def is_oom(exc: BaseException) -> bool:
-    """The device's OOM error, or the CPU allocator's ("DefaultCPUAllocator: can't allocate
-    memory"), which torch raises as a plain RuntimeError."""
-    text = str(exc).lower()
-    return (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text
-            or "can't allocate memory" in text)
-
-
-def _describe(exc: BaseException) -> str:
-    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    if isinstance(exc, HarnessError):
-        return detail
-    return detail + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:])
-
-
-class _Ending:
-    """The run's first error and the record's status; later errors are listed apart."""
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.record = record
-        self.first: BaseException | None = None
-
-    def fail(self, exc: BaseException, where: str = "") -> None:
-        if self.first is None:
-            self.first = exc
-            self.record["status"] = _status_for(exc)
-            self.record["error"] = (f"{where}: " if where else "") + _describe(exc)
-        else:
-            self.record.setdefault("later_errors", []).append(
-                f"{where}: {type(exc).__name__}: {exc}"[:500])
-
-    def guard(self, where: str, step: Callable[[], Any]) -> None:
-        try:
-            step()
-        except BaseException as exc:  # noqa: BLE001 - the next finishing step still runs
-            self.fail(exc, where)
+    return Record(
+        kind="train", workload=cfg.workload, scale=cfg.scale, backend=cfg.backend,
+        mode=run.backend.mode, precision=cfg.precision,
+        config={"run": cfg.to_dict(), "workload": config_to_dict(run.workload.config)},
+        weights_dtype=weights_dtype(run.strategy, cfg.precision), strategy=run.strategy.name,
+        world_size=run.strategy.world_size, seed=cfg.seed, emulated=run.backend.emulated,
+        metric_directions=dict(run.workload.metrics) or None,
+        primary_metric=run.workload.primary_metric or None)
 
 
 def execute(config: RunConfig, resume: Path | None = None,
-            overwrite: bool = False) -> dict[str, Any]:
+            overwrite: bool = False) -> Record:
     """Run one workload on one backend; return the record (also written to record.json).
 
     Usage errors found before the run starts raise without a record. Anything after
@@ -196,69 +93,41 @@ def execute(config: RunConfig, resume: Path | None = None,
         run = Run(config, prepared.workload, prepared.backend, prepared.strategy, out_dir)
         record = _base_record(run)
         if resume is not None:
-            record.update(_continued_record(resume, resume_state, resume_note))
-        writer.write(record)
-        if writer.fallback is not None:  # nothing can be recorded here: do not start
-            record.update(status="failed", error=f"writing the record: {writer.failure}")
-            writer.write(record)
-            raise RecordNotWritten(writer.line())
+            record = dataclasses.replace(
+                record, **_continued_record(resume, resume_state, resume_note))
     except BaseException:
         folder.release()
         raise
-    ending = _Ending(record)
-    progress: dict[str, Any] = {}
-    with _sigterm_as_interrupt(), _first_sigint_finishes_the_step(progress, True):
-        try:
-            _execute_run(prepared, run, record, pm, resume_state, progress)
-            record["status"] = "ok"
-        except BaseException as exc:  # noqa: BLE001 - every ending gets a record
-            # A worker's error as the main's one line; the record says if evaluation failed.
-            ending.fail(worker_error_origin(exc),
-                        "evaluation" if progress.get("phase") == "evaluation" else "")
-            if record["status"] == "oom":
-                ending.guard("describing the OOM", lambda: describe_oom(run, record, progress))
-        finally:
-            ending.guard("finishing the record", lambda: _finish_record(run, record))
-            ending.guard("writing the record", lambda: writer.write(record))
-            run.record_path = writer.fallback or writer.path
-            ending.guard("harness_run_end observers",
-                         lambda: pm.hook.harness_run_end(run=run, record=record))
-            ending.guard("closing the backend", prepared.backend.close)
-            ending.guard("strategy teardown", prepared.strategy.teardown)
-            if ending.first is not None or "later_errors" in record:
-                # A finishing step failed after the write: the record on disk says so too.
-                with contextlib.suppress(Exception):
-                    writer.write(record)
-            folder.release()
-    if writer.fallback is not None:  # the exit code says failed, the line says where it went
-        first = ending.first
-        cause = str(first).splitlines()[0] if first is not None and str(first) else ""
-        if first is not None and not isinstance(first, HarnessError):
-            cause = f"{type(first).__name__}: {cause}"
-        raise RecordNotWritten(writer.line(cause)) from first
-    if ending.first is not None:
-        # The CLI's one-line error names the record (harness/cli.py reads this attribute).
-        setattr(ending.first, "harness_record", str(writer.path))  # noqa: B010
-        if record["status"] == "oom" and "oom" in record:
-            # An answer, not a traceback: one line with where and what to turn down.
-            raise OutOfMemory(record["error"].splitlines()[0]) from ending.first
-        raise ending.first
-    return record
+    job = Job(record, writer, folder, started=run.started)
+    job.start()
+
+    def observers_end() -> None:
+        run.record_path = job.record_path
+        pm.hook.harness_run_end(run=run, record=record)
+
+    return job.run(
+        lambda: _execute_run(prepared, run, record, pm, resume_state, job.progress),
+        finish=lambda: _finish_record(run, record),
+        teardown=[("harness_run_end observers", observers_end),
+                  ("closing the backend", prepared.backend.close),
+                  ("strategy teardown", prepared.strategy.teardown)],
+        on_oom=lambda: describe_oom(record, run.backend, job.progress,
+                                    memory_hint(run, job.progress.get("phase"))),
+        ctrl_c_finishes_step=True)
 
 
-def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: Any,
+def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
                  resume_state: dict[str, Any] | None, progress: dict[str, Any]) -> None:
     cfg = run.config
     setup_run(prepared, load_data=False)
-    record["world_size"] = prepared.strategy.world_size
-    record["env"] = environment(prepared.backend.describe())
+    record.world_size = prepared.strategy.world_size
+    record.env = environment(prepared.backend.describe())
     data = prepared.load_data()
     if cfg.eval or cfg.eval_interval:
         check_eval_split(data)  # an empty or broken val split is found before step 1
     # datasets() may have resolved config fields from the data: record what was used.
-    record["config"]["workload"] = config_to_dict(run.workload.config)
-    record["data"] = {"source": data.source, "from_data": dict(data.from_data)}
-    record["data_source"] = data.source
+    record.config["workload"] = config_to_dict(run.workload.config)
+    record.data = {"source": data.source, "from_data": dict(data.from_data)}
     device = prepared.device
     assert device is not None
 
@@ -273,34 +142,16 @@ def _execute_run(prepared: PreparedRun, run: Run, record: dict[str, Any], pm: An
           resume_state=resume_state, checkpoint_interval=interval,
           keep_checkpoints=cfg.keep_checkpoints, progress=progress)
     if run.model_info is not None:
-        record["model"] = run.model_info
+        record.model = run.model_info
     if cfg.checkpoint and prepared.strategy.is_main:
         # Before the evaluation: an evaluation that fails loses no training.
         save_checkpoint(run, run.out_dir / "checkpoint.pt")
     if cfg.eval and prepared.strategy.is_main:
         progress["phase"] = "evaluation"
         result = evaluate_now(run.trained_model)
-        record["metrics"] = result.metrics
-        record["predictions"] = write_predictions(run, result.predictions)
+        record.metrics = result.metrics
+        record.predictions = write_predictions(run.workload, result.predictions, run.out_dir)
         pm.hook.harness_eval_end(run=run, metrics=result.metrics)
-
-
-def write_predictions(run: Run, predictions: list[Any]) -> dict[str, Any] | None:
-    """The workload's submission file under <out>/predictions; its path relative to the run."""
-    pred_dir = run.out_dir / "predictions"
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    info = run.workload.write_predictions(predictions, pred_dir.resolve())
-    if info is None:
-        with contextlib.suppress(OSError):
-            pred_dir.rmdir()  # nothing written: no empty folder left behind
-        return None
-    info = dict(info)
-    if info.get("path"):
-        path = Path(info["path"])
-        if not path.is_absolute():
-            path = pred_dir.resolve() / path
-        info["path"] = os.path.relpath(path, run.out_dir.resolve())
-    return info
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -336,14 +187,13 @@ def save_checkpoint(run: Run, path: Path) -> None:
         raise
 
 
-def _finish_record(run: Run, record: dict[str, Any]) -> None:
+def _finish_record(run: Run, record: Record) -> None:
     """Fill in what the run measured; each part on its own, so one failing part (a sticky
     device error in synchronize) leaves the others in the record."""
-    record["duration_s"] = round(time.time() - run.started, 3)
-    record["losses"] = run.losses
-    record["evals"] = run.evals
-    if run.evals and not record["metrics"]:
-        record["metrics"] = run.evals[-1]["metrics"]
+    record.losses = run.losses
+    record.evals = run.evals
+    if run.evals and not record.metrics:
+        record.metrics = run.evals[-1]["metrics"]
     errors: list[BaseException] = []
     timer = run.timer
     if timer is not None:
@@ -362,17 +212,8 @@ def _finish_record(run: Run, record: dict[str, Any]) -> None:
         if run.backend.emulated:
             throughput["meaningful"] = False
             throughput["note"] = "emulated device: speed is the CPU emulation's, not hardware's"
-        record["throughput"] = throughput
-    try:
-        memory: dict[str, Any] = dataclasses.asdict(run.memory or run.backend.memory())
-    except Exception as exc:  # noqa: BLE001 - memory is reported, never fatal
-        memory = {"error": repr(exc)}
-    if run.backend.emulated:
-        memory["meaningful"] = False
-    record["memory"] = memory
-    try:
-        record["fallback_ops"] = run.backend.fallback_report()
-    except Exception:  # noqa: BLE001
-        record["fallback_ops"] = []
+        record.throughput = throughput
+    record.memory = backend_memory(run.backend, run.memory)
+    record.fallback_ops = fallback_ops(run.backend)
     if errors:
         raise errors[0]

@@ -11,7 +11,7 @@ import pytest
 from harness.checking import check_record
 from harness.cli import main
 from harness.config import apply_overrides, config_to_dict
-from harness.records import SCHEMA, write_json_atomic
+from harness.records import Record, SCHEMA, write_json_atomic
 from harness.reference import load_aliases, load_table, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,18 +20,18 @@ HEADER = ("scale,kind,config,backend,device,precision,weights_dtype,mode,world_s
           "value,tolerance,tolerance_kind,direction,source\n")
 
 
-def _bevdepth_record(workload: str, overrides: list[str], metrics_from: str) -> dict[str, Any]:
+def _bevdepth_record(workload: str, overrides: list[str], metrics_from: str) -> Record:
     """A smoke record as the runner writes it: resolved workload config from the real presets,
     metrics equal to the named table's smoke rows (so it passes where it matches)."""
     bevdepth = pytest.importorskip("workloads.bevdepth")
     cls = {"bevdepth": bevdepth.BEVDepthWorkload, "matrixvt": bevdepth.MatrixVTWorkload}[workload]
     cfg = apply_overrides(cls.presets()["smoke"], overrides)
     rows = [r for r in load_table(REF / metrics_from) if r.scale == "smoke"]
-    return {"schema": SCHEMA, "workload": workload, "scale": "smoke", "kind": "train",
+    return Record.from_json({"schema": SCHEMA, "workload": workload, "scale": "smoke", "kind": "train",
             "backend": "cpu", "precision": "fp32", "mode": "eager", "world_size": 1,
             "status": "ok", "emulated": False, "metrics": {r.metric: r.value for r in rows},
             "env": {"device_name": "x86_64"}, "throughput": {}, "memory": {},
-            "config": {"run": {"overrides": overrides}, "workload": config_to_dict(cfg)}}
+            "config": {"run": {"overrides": overrides}, "workload": config_to_dict(cfg)}})
 
 
 def test_bevdepth_with_matrixvt_view_transform_matches_the_matrixvt_rows(
@@ -95,8 +95,8 @@ def test_bevdepth_full_with_matrixvt_transform_does_not_match_1_key_rows() -> No
     bevdepth = pytest.importorskip("workloads.bevdepth")
     cfg = apply_overrides(bevdepth.BEVDepthWorkload.presets()["full"], ["view_transform=matrixvt"])
     rec = _bevdepth_record("bevdepth", ["view_transform=matrixvt"], "matrixvt.csv")
-    rec["scale"] = "full"
-    rec["config"]["workload"] = config_to_dict(cfg)
+    rec.scale = "full"
+    rec.config["workload"] = config_to_dict(cfg)
     res = check_record(rec, REF)
     assert not res.passed and res.match is None
     assert "no matching row" in res.summary  # matrixvt's 1-key rows pin num_keys=1
@@ -107,14 +107,14 @@ def _write(tmp_path: Path, body: str) -> Path:
     return tmp_path
 
 
-def _record(**kw: Any) -> dict[str, Any]:
+def _record(**kw: Any) -> Record:
     rec: dict[str, Any] = {
         "workload": "w", "scale": "full", "backend": "cuda", "precision": "bf16", "mode": "eager",
         "world_size": 1, "status": "ok", "metrics": {"AP": 0.30},
         "throughput": {"samples_per_s": 10.0}, "memory": {"device_peak_allocated_bytes": 9e9},
         "env": {"device_name": "NVIDIA H200"}, "emulated": False}
     rec.update(kw)
-    return rec
+    return Record.from_json({"schema": SCHEMA, **rec})
 
 
 def test_weights_dtype_is_never_matched_across(tmp_path: Path) -> None:
@@ -161,11 +161,12 @@ def test_config_column_is_validated_and_canonical(tmp_path: Path) -> None:
 
 def test_yolov3_smoke_rows_judge_only_the_synthetic_four_class_data() -> None:
     rows = [r for r in load_table(REF / "yolov3.csv") if r.scale == "smoke"]
-    rec = {"workload": "yolov3", "scale": "smoke", "backend": "cpu", "precision": "fp32",
-           "mode": "eager", "world_size": 1, "status": "ok", "emulated": False,
+    rec = Record.from_json({
+           "schema": SCHEMA, "workload": "yolov3", "scale": "smoke", "backend": "cpu",
+           "precision": "fp32", "mode": "eager", "world_size": 1, "status": "ok", "emulated": False,
            "env": {"device_name": "x86_64"}, "metrics": {r.metric: r.value for r in rows},
-           "config": {"run": {"overrides": []}, "workload": {"num_classes": 4}}}
+           "config": {"run": {"overrides": []}, "workload": {"num_classes": 4}}})
     assert check_record(rec, REF).passed
-    rec["config"]["workload"]["num_classes"] = 80  # the same preset on real COCO
+    rec.config["workload"]["num_classes"] = 80  # the same preset on real COCO
     res = check_record(rec, REF)
     assert not res.passed and "num_classes (row 4, record 80)" in res.summary

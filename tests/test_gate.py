@@ -14,6 +14,8 @@ run with the same command (gate pools baselines only with candidates measured th
 """
 from __future__ import annotations
 
+import json
+
 import copy
 import itertools
 from pathlib import Path
@@ -27,7 +29,7 @@ from harness.cli import main
 from harness.config import RunConfig
 from harness.errors import UsageError
 from harness.gate import Thresholds, gate, load_thresholds
-from harness.records import read_record, write_json_atomic
+from harness.records import SCHEMA, Record, read_record, write_json_atomic
 from harness.runner import execute
 
 pytest.importorskip("scipy")
@@ -56,8 +58,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         torch.set_num_threads(threads)
         if added:
             pm.unregister(mod)
-    slow = read_record(root / "slow")
-    slow.pop("_path")
+    slow = json.loads((root / "slow" / "record.json").read_text())  # the raw file, edited
     slow["config"]["run"]["overrides"] = [STALL]
     write_json_atomic(root / "slow" / "record.json", slow)
     yield {name: root / name for name, _ in plan}
@@ -97,16 +98,18 @@ def test_baseline_folder_excludes_the_candidate(runs: dict[str, Path],
 
 
 def _fake(times: list[float], mem: int = 100 << 20, batch: int = 8, data: str = "synthetic",
-          overrides: tuple[str, ...] = (), device: str = "cpu0", **kw: Any) -> dict[str, Any]:
+          overrides: tuple[str, ...] = (), device: str = "cpu0", **kw: Any) -> Record:
     rec = {"workload": "w", "scale": "smoke", "backend": "cpu", "mode": "eager",
            "precision": "fp32", "world_size": 1, "status": "ok", "emulated": False,
-           "throughput": {"step_times_s": times}, "_path": f"/fake/{next(_IDS)}/record.json",
+           "throughput": {"step_times_s": times}, "schema": SCHEMA,
            "memory": {"device_peak_allocated_bytes": mem}, "data": {"source": data},
            "env": {"device_name": device},
            "config": {"run": {"overrides": list(overrides), "grad_accum": 1},
                       "workload": {"batch_size": batch}}}
     rec.update(kw)
-    return rec
+    record = Record.from_json(rec)
+    record.path = Path(f"/fake/{next(_IDS)}/record.json")
+    return record
 
 
 @pytest.mark.parametrize("change", [
@@ -135,7 +138,9 @@ def test_thresholds_file_must_exist_and_thresholds_be_valid(
     with pytest.raises(UsageError, match="thresholds file .*missing.csv not found"):
         load_thresholds(tmp_path / "missing.csv", "w")
     rec = tmp_path / "r"
-    write_json_atomic(rec / "record.json", {"schema": "perception-harness/run-record/1"})
+    write_json_atomic(rec / "record.json", {"schema": SCHEMA, "workload": "w", "scale": "smoke",
+                                            "backend": "cpu", "precision": "fp32",
+                                            "status": "ok"})
     assert main(["gate", "--baseline", str(rec), str(rec),
                  "--thresholds", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv not found" in capsys.readouterr().err

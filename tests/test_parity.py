@@ -2,8 +2,11 @@
 and the HTML page rendered by headless Chromium. Records come from real tiny-workload runs."""
 from __future__ import annotations
 
+import json
+
 import base64
 import copy
+import dataclasses
 import csv
 import re
 import subprocess
@@ -46,8 +49,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
 
 
 def _variant(src: Path, dst: Path, change: Any) -> Path:
-    rec = read_record(src)
-    rec.pop("_path")
+    rec = json.loads((src / "record.json").read_text())  # the raw file, edited
     change(rec)
     write_json_atomic(dst / "record.json", rec)
     return dst
@@ -137,12 +139,11 @@ def test_too_few_timed_steps_and_emulated_speed_are_not_judged(
 
 def test_mixed_workloads_or_scales_are_refused(runs: list[Path]) -> None:
     base = read_record(runs[0])
-    other: dict[str, Any] = copy.deepcopy(base)
-    other["scale"] = "full"
+    other = dataclasses.replace(copy.deepcopy(base), scale="full")
     with pytest.raises(UsageError, match="one workload and scale; got tiny/full, tiny/smoke"):
         build([base, other])
     with pytest.raises(UsageError, match="one kind; got train and eval"):
-        build([base, {**base, "kind": "eval"}])
+        build([base, dataclasses.replace(base, kind="eval")])
     assert main(["parity"]) == 2
 
 

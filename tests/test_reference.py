@@ -13,7 +13,7 @@ from harness.checking import check_record, compare_value, match_record
 from harness.cli import main
 from harness.config import RunConfig
 from harness.errors import UsageError
-from harness.records import write_json_atomic
+from harness.records import Record, SCHEMA, write_json_atomic
 from harness.reference import COLUMNS, RefRow, load_table, workload_tables
 from harness.runner import execute
 
@@ -53,12 +53,12 @@ def _table(tmp_path: Path, body: str, name: str = "w.csv") -> Path:
     return path
 
 
-def _record(**kw: Any) -> dict[str, Any]:
+def _record(**kw: Any) -> Record:
     rec = {"workload": "w", "scale": "full", "backend": "npu", "precision": "fp32",
            "mode": "eager", "world_size": 8, "status": "ok", "metrics": {"AP": 0.30},
            "throughput": {"samples_per_s": 44.0}, "memory": {}, "env": {}, "emulated": False}
     rec.update(kw)
-    return rec
+    return Record.from_json({"schema": SCHEMA, **rec})
 
 
 ROWS = """full,train,,cuda,V100,fp32,fp32,eager,8,AP,0.309,0.01,abs,higher,paper A
