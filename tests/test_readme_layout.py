@@ -1,5 +1,6 @@
-"""README's Layout section names every module of harness/, backends/ and workloads/, and
-only modules that exist."""
+"""docs/architecture.md's Layout section names every module of harness/, backends/ and
+workloads/, and only modules that exist. (The module index lived in README.md's Layout section
+until the README became a front page; the file name stays for the history.)"""
 from __future__ import annotations
 
 import subprocess
@@ -7,12 +8,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "backends", "workloads")
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 
-def layout_paths(readme: str) -> set[str]:
+def layout_paths(page: str) -> set[str]:
     """Paths named in the Layout code block: an entry's folder is the nearest line above it,
     less indented, whose entry ends with '/'."""
-    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    block = page.split("## Layout", 1)[1].split("```", 2)[1]
     stack: list[tuple[int, str]] = []
     paths = set()
     for line in block.splitlines():
@@ -41,8 +43,14 @@ def modules() -> set[str]:
 
 
 def test_layout_names_every_module_and_only_existing_ones() -> None:
-    named = layout_paths((ROOT / "README.md").read_text(encoding="utf-8"))
+    named = layout_paths(ARCHITECTURE.read_text(encoding="utf-8"))
     missing = sorted(modules() - named)
-    assert not missing, f"README's Layout lacks (one line each): {missing}"
+    assert not missing, f"docs/architecture.md's Layout lacks (one line each): {missing}"
     stale = sorted(p for p in named if not (ROOT / p).is_file())
-    assert not stale, f"README's Layout names modules that do not exist: {stale}"
+    assert not stale, f"docs/architecture.md's Layout names modules that do not exist: {stale}"
+
+
+def test_layout_parsing_follows_the_indentation() -> None:
+    """The folder rule itself: a wrong parse would let the check above pass vacuously."""
+    block = "## Layout\n\n```\npkg/   the package\n  a.py   x\n  sub/   y\n    b.py  z\n  c.py  w\ntop.py\n```\n"
+    assert layout_paths(block) == {"pkg/a.py", "pkg/sub/b.py", "pkg/c.py", "top.py"}
