@@ -10,6 +10,7 @@ record exists ends in record.json with a status, SIGTERM and a CPU OOM included.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from harness.oom import describe_oom, eval_memory_hint
 from harness.outdir import (RecordWriter, RunFolder, claim_run_folder, default_run_folder,
                             write_predictions)
 from harness.prepare import PreparedRun, resolve_run, setup_run
-from harness.records import Record, environment, read_record
+from harness.records import Record, environment
 from harness.safe_load import Checkpoint, load_weights
 
 
@@ -66,9 +67,9 @@ def _claim_eval_folder(out_dir: Path, overwrite: bool, checkpoint: Path) -> RunF
     run's always; a previous evaluation's unless `overwrite`, which clears it first)."""
     record = out_dir / "record.json"
     if record.is_file():
-        try:
-            kind = read_record(record).kind
-        except UsageError:
+        try:  # the raw file: a folder is protected even when its record is not valid
+            kind = json.loads(record.read_text()).get("kind", "train")
+        except (OSError, ValueError, AttributeError):
             kind = "unreadable"
         if kind != "eval":
             raise UsageError(f"--out {out_dir} holds a run's record ({record}, kind {kind}): "

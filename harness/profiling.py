@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from harness import hookimpl
-from harness.records import write_json_atomic
+from harness.records import Record, write_record
 
 if TYPE_CHECKING:
     from harness.api import Backend
@@ -202,7 +202,7 @@ def harness_step_end(run: Any, step: int) -> None:
 
 
 @hookimpl
-def harness_run_end(run: Any, record: dict[str, Any]) -> None:
+def harness_run_end(run: Any, record: Record) -> None:
     global _RUN_PROFILER
     prof, _RUN_PROFILER = _RUN_PROFILER, None
     if prof is None:
@@ -210,6 +210,6 @@ def harness_run_end(run: Any, record: dict[str, Any]) -> None:
     prof.stop()  # a run shorter than the profiled steps: what was recorded
     if prof.result is None:
         return
-    record["profile"] = {**prof.result, "note": "profiled steps are inside the timed window: "
-                                                "throughput includes the profiler's overhead"}
-    write_json_atomic(Path(run.out_dir) / "record.json", record)
+    record.profile = {**prof.result, "note": "profiled steps are inside the timed window: "
+                                             "throughput includes the profiler's overhead"}
+    write_record(run.record_path or Path(run.out_dir) / "record.json", record)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from harness.errors import EXIT_UNAVAILABLE, HarnessError
+from harness.records import Record
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,7 +65,7 @@ def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def harness_run(request: pytest.FixtureRequest, tmp_path: Path,
-                harness_cache: Path) -> Callable[..., dict[str, Any]]:
+                harness_cache: Path) -> Callable[..., Record]:
     """Run a workload on the session's backend/precision/mode; return its record.
 
     `harness_run("yolov3", steps=20, overrides=("input_size=128",))` — keyword arguments
@@ -76,7 +77,7 @@ def harness_run(request: pytest.FixtureRequest, tmp_path: Path,
     backend, precision, mode, emulate = _selected(request.config)
     counter = iter(range(1000))
 
-    def run(workload: str, **kwargs: Any) -> dict[str, Any]:
+    def run(workload: str, **kwargs: Any) -> Record:
         kwargs.setdefault("out", tmp_path / f"run{next(counter)}")
         kwargs.setdefault("cache_dir", harness_cache)
         kwargs.setdefault("backend", backend)

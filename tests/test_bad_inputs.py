@@ -325,7 +325,7 @@ def test_record_that_cannot_be_written_goes_to_the_temp_dir(
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
-    _fail_writes_into(monkeypatch, out, outdir, "write_json_atomic")
+    _fail_writes_into(monkeypatch, out, outdir, "write_record")
     assert main(["run", "tiny", "--steps", "2", "--out", str(out)]) == FAILED
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
@@ -379,7 +379,7 @@ def test_disk_full_mid_run_the_status_line_names_the_fallback_record(
     monkeypatch.setattr("tempfile.tempdir", None)
 
     def checkpoint_fills_the_disk(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        _fail_writes_into(monkeypatch, out, outdir, "write_json_atomic")  # from now on
+        _fail_writes_into(monkeypatch, out, outdir, "write_record")  # from now on
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
 
     monkeypatch.setattr(runner.torch, "save", checkpoint_fills_the_disk)
@@ -496,7 +496,7 @@ def test_record_that_fails_at_the_end_leaves_no_stale_running_record(
     from harness import outdir
 
     out = tmp_path / "out"
-    real = outdir.write_json_atomic
+    real = outdir.write_record
     calls: list[Path] = []
 
     def full_after_first(path: Path, data: Any) -> None:
@@ -505,7 +505,7 @@ def test_record_that_fails_at_the_end_leaves_no_stale_running_record(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, data)
 
-    monkeypatch.setattr(outdir, "write_json_atomic", full_after_first)
+    monkeypatch.setattr(outdir, "write_record", full_after_first)
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the fallback record lands here, not in /tmp
     monkeypatch.setattr("tempfile.tempdir", None)
     assert main(["run", "tiny", "--steps", "2", "--no-eval", "--out", str(out)]) == FAILED
