@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
+from harness.config_flags import option
 from harness.errors import ConfigError, UsageError
 
 # Fields every workload Config is expected to have; the runner reads them with getattr.
@@ -20,36 +21,56 @@ WORKLOAD_RUN_FIELDS = ("batch_size", "eval_batch_size", "steps", "grad_clip", "n
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    workload: str
-    backend: str = "cpu"
-    mode: str = ""  # "" = the backend's default mode
-    precision: str = "fp32"
-    scale: str = "smoke"
-    data: Path | None = None
-    steps: int | None = None  # optimizer steps; None = the preset's
-    epochs: float | None = None
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    log_interval: int = 10
-    eval_interval: int = 0  # 0 = evaluate once, at the end
-    warmup_steps: int | None = None  # not timed; None = min(10, steps // 5)
-    seed: int = 0
-    deterministic: bool = False
-    overrides: tuple[str, ...] = ()
-    out: Path | None = None
-    cache_dir: Path | None = None
-    num_workers: int | None = None
-    emulate: bool = False
-    deepspeed: str | None = None  # "" = build a config from the run options
-    eval: bool = True
-    checkpoint: bool = True
-    # Periodic checkpoints every N steps (None: off for smoke, 1000 otherwise; 0: off) and
-    # how many to keep (harness/checkpoint.py).
-    checkpoint_interval: int | None = None
-    keep_checkpoints: int = 2
+    """One `harness run`: each field is a `harness run` option (harness/config_flags.py builds
+    the flags from these declarations: a new field is a new flag). Names and values are
+    stored in record.json ("config.run") and read back by `--resume`."""
+
+    workload: str = option(help="workload name (listed below; not with --resume)",
+                           positional=True, nargs="?")
+    backend: str = option("cpu", "backend name (listed below; default cpu)")
+    mode: str = option("", "execution mode (validated against the backend)",
+                       switches=("lazy", "eager", "compile"))  # "": the backend's default
+    precision: str = option("fp32", "training precision (autocast dtype; default fp32)",
+                            choices=("fp32", "bf16", "fp16"))
+    scale: str = option("smoke", "preset: smoke (default) or full")
+    data: Path | None = option(None, "dataset root in the workload's real format (default: "
+                                     "synthetic data in that format, written to the cache)")
+    steps: int | None = option(None, "optimizer steps (default: the preset's)",
+                               exclusive="length")
+    epochs: float | None = option(None, "passes over the train split instead of --steps",
+                                  exclusive="length")
+    batch_size: int | None = option(None, "per-process batch (default: the preset's)")
+    eval_batch_size: int | None = option(None, "evaluation batch (default: the preset's)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    log_interval: int = option(10, "console/log.jsonl every N steps")
+    eval_interval: int = option(0, "also evaluate every N steps")  # 0: once, at the end
+    warmup_steps: int | None = option(None, "untimed steps before the timed window (default: "
+                                            "min(10, steps // 5))")
+    seed: int = option(0, "seed of the model, data order and augmentation (default 0)")
+    deterministic: bool = option(False, "deterministic algorithms (slower; for bit-exact "
+                                        "comparisons)")
+    overrides: tuple[str, ...] = option((), "override a workload config field, typed by the "
+                                            "field (repeatable)", flag="--set",
+                                        metavar="KEY=VALUE")
+    out: Path | None = option(None, "run folder (default runs/<workload>-<backend>-...)")
+    cache_dir: Path | None = option(None, "where synthetic data, and the derived files (infos) "
+                                          "of a read-only --data root, are written")
+    num_workers: int | None = option(None, "DataLoader workers", flag="--workers")
+    emulate: bool = option(False, "run on a CPU-emulated device (portability dry run; speed "
+                                  "not meaningful)")
+    deepspeed: str | None = option(None, "train through DeepSpeed (config built from the "
+                                         "options if none given)",
+                                   nargs="?", const="", metavar="CONFIG.json")
+    eval: bool = option(True, "skip the final evaluation (no accuracy metrics in the record)")
+    checkpoint: bool = option(True, "do not write checkpoint.pt")
+    # Periodic checkpoints (harness/checkpoint.py).
+    checkpoint_interval: int | None = option(
+        None, "also write checkpoints/step_<N>.pt every N steps, to resume from (default: off "
+              "for smoke, every 1000 steps otherwise; 0: off)", metavar="N")
+    keep_checkpoints: int = option(2, "periodic checkpoints kept (newest K; default 2)",
+                                   metavar="K")
     # (dest, value) pairs of options that plugins added through harness_addoption.
-    plugin_options: tuple[tuple[str, Any], ...] = ()
+    plugin_options: tuple[tuple[str, Any], ...] = option((), cli=False)
 
     def option(self, name: str, default: Any = None) -> Any:
         """The value of a plugin-added option."""
