@@ -75,8 +75,12 @@ def _add_run(sub: Any, with_plugins: bool = False) -> None:
 
 
 def _add_list(sub: Any) -> None:
-    p = sub.add_parser("list", help="workloads with presets; backends, available or why not")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("list", help="workloads and backends (--details: presets, and which "
+                                    "backends are available here or why not)")
+    p.add_argument("--details", action="store_true",
+                   help="also presets and metrics, and each backend's availability here "
+                        "(imports torch and every plugin: seconds, not a blink)")
+    p.add_argument("--json", action="store_true", help="the details as JSON (implies --details)")
     p.set_defaults(func=cmd_list)
 
 
@@ -122,9 +126,9 @@ def _extra_verbs() -> list[Callable[[Any], None]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness.cli_help import format_inventory, inventory
+    from harness.cli_help import format_inventory, inventory, names
 
-    inv = inventory()
+    inv = inventory() if args.details or args.json else names()
     print(json.dumps(inv, indent=2) if args.json else format_inventory(inv))
     return EXIT_OK
 
@@ -191,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     or 1 (the run or check failed); anything else says it is a bug and where its traceback
     went. `--debug` (anywhere) or HARNESS_DEBUG=1 prints the traceback too."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     debug, parse_argv = debug_wanted(argv)
     try:
         args = build_parser(parse_argv).parse_args(parse_argv)

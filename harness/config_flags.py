@@ -64,7 +64,8 @@ def _kwargs(f: dataclasses.Field[Any], tp: Any, spec: Mapping[str, Any]) -> dict
     kw: dict[str, Any] = {"dest": f.name, "help": spec.get("help", "")}
     base = _strip_optional(tp)
     if base is bool:
-        return {**kw, "action": "store_false" if default else "store_true", "default": bool(default)}
+        action = "store_false" if default else "store_true"
+        return {**kw, "action": action, "default": bool(default)}
     if typing.get_origin(base) is tuple:
         args = typing.get_args(base)
         if len(args) != 2 or args[1] is not Ellipsis or args[0] not in _SCALARS:
@@ -105,7 +106,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Any],
     these fields alone). `docs`: field name -> metadata, for a config whose fields do not carry
     their own (the field's metadata wins). Returns the dests added, in field order."""
     hints = typing.get_type_hints(cls)
-    groups: dict[str, Any] = {}
+    groups: dict[Any, Any] = {}  # argument groups by title; exclusive groups by ("exclusive", name)
     added: list[str] = []
     for f in dataclasses.fields(cls):
         spec = _spec(f, (docs or {}).get(f.name, {}))
