@@ -1,8 +1,11 @@
 """`harness` command line: argparse verbs, parse and dispatch only.
 
-Plugins (and with them torch and every workload) are loaded only by the verbs that need
-them: `list`, `run` (its plugin-added options and its --help listing), `eval` and `export`
-when they execute. `harness --help`, `check`, `parity` tables and `gate` never load them.
+Plugins are loaded only by the verbs that need them, and a workload or backend plugin only
+when that workload or backend is used (harness/plugins.py): `list` and `run --help` name them
+from their declarations (`list --details` imports them all); `run` loads the host's plugins
+for their options, `eval` and `export` build their options (from EvalConfig) only when they
+are the verb. `harness --help`, `check`, `parity` tables and `gate` load no plugin.
+`harness run` options are RunConfig's fields (harness/config.py).
 """
 from __future__ import annotations
 
@@ -44,8 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run(sub: Any, with_plugins: bool = False) -> None:
-    from harness.config import RunConfig
-    from harness.config_flags import add_config_arguments
+    from harness.config import RunConfig, add_config_arguments
 
     p = sub.add_parser("run", help="train, evaluate and record one workload on one backend",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,8 +143,7 @@ def _relaunch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    from harness.config import RunConfig
-    from harness.config_flags import config_values
+    from harness.config import RunConfig, config_values
     from harness.runner import execute
 
     validate_run_numbers(args)

@@ -1,6 +1,6 @@
 """The inference verbs of `harness`: eval and export (added by harness/cli.py).
 
-`harness eval`'s options are generated from EvalConfig's fields (harness/config_flags.py),
+`harness eval`'s options are generated from EvalConfig's fields (harness/config.py),
 so a new EvalConfig field is a new flag whose value reaches EvalConfig with no mapping here.
 EvalConfig lives beside code that imports torch (harness/eval_config.py), so these parsers
 get their options only when their verb is the one parsed (`full`): `harness --help`, check,
@@ -57,7 +57,7 @@ def _eval_config() -> type[Any]:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.config_flags import config_values
+    from harness.config import config_values
     from harness.evaluation import EvalConfig, run_eval
     from harness.run_checks import validate_eval_numbers
 
@@ -89,7 +89,7 @@ def add_eval(sub: Any, full: bool = True) -> None:
     p.set_defaults(func=cmd_eval)
     if not full:
         return
-    from harness.config_flags import add_config_arguments
+    from harness.config import add_config_arguments
 
     add_config_arguments(p, _eval_config(), EVAL_FIELD_DOCS)
     p.add_argument("--overwrite", action="store_true",
@@ -124,7 +124,7 @@ def add_export(sub: Any, full: bool = True) -> None:
     p.set_defaults(func=cmd_export)
     if not full:
         return
-    from harness.config_flags import add_config_arguments
+    from harness.config import add_config_arguments
 
     add_config_arguments(p, _eval_config(), EVAL_FIELD_DOCS, only=_EXPORT_FIELDS)
     p.add_argument("--format", default="onnx", help="onnx (the only one)")
