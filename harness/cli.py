@@ -1,8 +1,11 @@
 """`harness` command line: argparse verbs, parse and dispatch only.
 
-Plugins (and with them torch and every workload) are loaded only by the verbs that need
-them: `list`, `run` (its plugin-added options and its --help listing), `eval` and `export`
-when they execute. `harness --help`, `check`, `parity` tables and `gate` never load them.
+Plugins are loaded only by the verbs that need them, and a workload or backend plugin only
+when that workload or backend is used (harness/plugins.py): `list` and `run --help` name them
+from their declarations (`list --details` imports them all); `run` loads the host's plugins
+for their options, `eval` and `export` build their options (from EvalConfig) only when they
+are the verb. `harness --help`, `check`, `parity` tables and `gate` load no plugin.
+`harness run` options are RunConfig's fields (harness/config.py).
 """
 from __future__ import annotations
 
@@ -30,58 +33,29 @@ from harness.run_checks import (
 )
 
 
+# Third-party console noise, off unless the user's environment sets these: a devkit's tqdm
+# bars (they interleave with the harness's lines and fill log.txt files) and the torch
+# profiler's "USDT: profiler_start/stop" lines under --profile (kineto logs them at level 5;
+# 6 also hides its ERROR lines: KINETO_LOG_LEVEL=4 brings both back). Set at the entry point,
+# so DataLoader workers and torchrun's processes inherit them.
+QUIET_ENV = {"TQDM_DISABLE": "1", "KINETO_LOG_LEVEL": "6"}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep our one-line style
         raise UsageError(f"{self.prog}: {message}")
 
 
 def _add_run(sub: Any, with_plugins: bool = False) -> None:
+    from harness.config import RunConfig, add_config_arguments
+
     p = sub.add_parser("run", help="train, evaluate and record one workload on one backend",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train WORKLOAD on BACKEND, evaluate it and write "
                                    "record.json (accuracy, throughput, memory) to the run "
                                    "folder; `harness check` then judges it.")
-    p.add_argument("workload", nargs="?", help="workload name (listed below; not with --resume)")
-    p.add_argument("--backend", default="cpu", help="backend name (listed below; default cpu)")
-    modes = p.add_mutually_exclusive_group()
-    for mode in ("lazy", "eager", "compile"):
-        modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode,
-                           help=f"{mode} execution mode (validated against the backend)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--scale", default="smoke", help="preset: smoke (default) or full")
-    p.add_argument("--data", type=Path, help="dataset root in the workload's real format "
-                   "(default: synthetic data in that format, written to the cache)")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
-    length.add_argument("--epochs", type=float, help="passes over the train split instead of --steps")
-    p.add_argument("--batch-size", type=int, help="per-process batch (default: the preset's)")
-    p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--log-interval", type=int, default=10, help="console/log.jsonl every N steps")
-    p.add_argument("--eval-interval", type=int, default=0, help="also evaluate every N steps")
-    p.add_argument("--warmup-steps", type=int, help="untimed steps before the timed window")
-    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms (slower; for bit-exact comparisons)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a workload config field, typed by the field (repeatable)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<workload>-<backend>-...)")
-    p.add_argument("--cache-dir", type=Path, help="where synthetic data, and the derived files (infos) of a read-only --data root, are written")
-    p.add_argument("--emulate", action="store_true",
-                   help="run on a CPU-emulated device (portability dry run; speed not meaningful)")
-    p.add_argument("--deepspeed", nargs="?", const="", metavar="CONFIG.json",
-                   help="train through DeepSpeed (config built from the options if none given)")
+    add_config_arguments(p, RunConfig)  # one option per RunConfig field, documented there
     add_launch_arguments(p)  # --nproc, --nnodes, --node-rank, --rdzv-endpoint, --rdzv-id
-    p.add_argument("--no-eval", dest="eval", action="store_false",
-                   help="skip the final evaluation (no accuracy metrics in the record)")
-    p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false",
-                   help="do not write checkpoint.pt")
-    p.add_argument("--checkpoint-interval", type=int, metavar="N",
-                   help="also write checkpoints/step_<N>.pt every N steps, to resume from "
-                        "(default: off for smoke, every 1000 steps otherwise; 0: off)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K",
-                   help="periodic checkpoints kept (newest K; default 2)")
     p.add_argument("--overwrite", action="store_true",
                    help="--out DIR holds a previous run: delete its files first (default: "
                         "refused)")
@@ -103,8 +77,12 @@ def _add_run(sub: Any, with_plugins: bool = False) -> None:
 
 
 def _add_list(sub: Any) -> None:
-    p = sub.add_parser("list", help="workloads with presets; backends, available or why not")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("list", help="workloads and backends (--details: presets, and which "
+                                    "backends are available here or why not)")
+    p.add_argument("--details", action="store_true",
+                   help="also presets and metrics, and each backend's availability here "
+                        "(imports torch and every plugin: seconds, not a blink)")
+    p.add_argument("--json", action="store_true", help="the details as JSON (implies --details)")
     p.set_defaults(func=cmd_list)
 
 
@@ -113,27 +91,32 @@ def _verb_of(argv: Sequence[str]) -> str:
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """The parser for `argv`; plugins are loaded only when its verb is `run`."""
+    """The parser for `argv`. Only the verb being parsed gets what costs imports: `run` its
+    plugins' options and listing, `eval` / `export` their options (from EvalConfig, torch)."""
+    from harness import eval_cli
     from harness.cli_help import DESCRIPTION, EXIT_CODES
 
+    verb = _verb_of(argv)
     parser = _Parser(prog="harness", description=DESCRIPTION, epilog=EXIT_CODES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="print tracebacks (any position; or HARNESS_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_list(sub)
-    _add_run(sub, with_plugins=_verb_of(argv) == "run")
+    _add_run(sub, with_plugins=verb == "run")
+    eval_cli.add_eval(sub, full=verb == "eval")
+    eval_cli.add_export(sub, full=verb == "export")
     for add in _extra_verbs():
         add(sub)
     return parser
 
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs that live in their own modules (reference checks, parity, gating; eval, export)."""
+    """Verbs that live in their own modules (reference checks, parity, gating; show)."""
     adders: list[Callable[[Any], None]] = []
     import importlib
 
-    for name in ("harness.report_cli", "harness.eval_cli", "harness.show"):
+    for name in ("harness.report_cli", "harness.show"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -145,9 +128,9 @@ def _extra_verbs() -> list[Callable[[Any], None]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from harness.cli_help import format_inventory, inventory
+    from harness.cli_help import format_inventory, inventory, names
 
-    inv = inventory()
+    inv = inventory() if args.details or args.json else names()
     print(json.dumps(inv, indent=2) if args.json else format_inventory(inv))
     return EXIT_OK
 
@@ -160,7 +143,7 @@ def _relaunch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    from harness.config import RunConfig
+    from harness.config import RunConfig, config_values
     from harness.runner import execute
 
     validate_run_numbers(args)
@@ -173,17 +156,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise UsageError("harness run: a WORKLOAD is needed (or --resume DIR)")
     if wants_launcher(args):
         return _relaunch_distributed(args, argv)
-    config = RunConfig(
-        workload=args.workload, backend=args.backend, mode=args.mode or "",
-        precision=args.precision, scale=args.scale, data=args.data, steps=args.steps,
-        epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
-        grad_accum=args.grad_accum, log_interval=max(1, args.log_interval),
-        eval_interval=args.eval_interval, warmup_steps=args.warmup_steps, seed=args.seed,
-        deterministic=args.deterministic, overrides=tuple(args.overrides), out=args.out,
-        cache_dir=args.cache_dir, num_workers=args.num_workers, emulate=args.emulate,
-        deepspeed=args.deepspeed, eval=args.eval, checkpoint=args.checkpoint,
-        checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
-        plugin_options=tuple((d, getattr(args, d)) for d in args._plugin_dests))
+    config = RunConfig(**config_values(RunConfig, args),
+                       plugin_options=tuple((d, getattr(args, d)) for d in args._plugin_dests))
     record = execute(config, overwrite=args.overwrite)
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 
@@ -222,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     or 1 (the run or check failed); anything else says it is a bug and where its traceback
     went. `--debug` (anywhere) or HARNESS_DEBUG=1 prints the traceback too."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     debug, parse_argv = debug_wanted(argv)
     try:
         args = build_parser(parse_argv).parse_args(parse_argv)

@@ -1,38 +1,68 @@
-"""The inference verbs of `harness`: eval and export (loaded by harness/cli.py via VERBS)."""
+"""The inference verbs of `harness`: eval and export (added by harness/cli.py).
+
+`harness eval`'s options are generated from EvalConfig's fields (harness/config.py),
+so a new EvalConfig field is a new flag whose value reaches EvalConfig with no mapping here.
+EvalConfig lives beside code that imports torch (harness/eval_config.py), so these parsers
+get their options only when their verb is the one parsed (`full`): `harness --help`, check,
+parity and gate stay torch-free.
+"""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.errors import EXIT_FAILED, EXIT_OK, UsageError
 
+# The documentation of EvalConfig's fields as command-line options (a field's own
+# dataclasses metadata, if it has any, wins). A field missing here still gets its flag.
+EVAL_FIELD_DOCS: dict[str, dict[str, Any]] = {
+    "workload": {"help": "workload name", "positional": True},
+    "checkpoint": {"help": "a run's checkpoint.pt, or a bare state dict (loaded weights_only)"},
+    "backend": {"help": "backend name (default cpu)"},
+    "mode": {"help": "execution mode (validated against the backend)",
+             "switches": ("lazy", "eager", "compile")},
+    "precision": {"help": "inference precision (default fp32)",
+                  "choices": ("fp32", "bf16", "fp16")},
+    "scale": {"help": "preset (default: the one the checkpoint's config matches)"},
+    "data": {"help": "dataset root (default: the synthetic data)"},
+    "batch_size": {"help": "eval batch size (default: the preset's)"},
+    "warmup_batches": {"help": "untimed batches first (default 2)"},
+    "seed": {"help": "seed (default 0)"},
+    "overrides": {"help": "override a workload config field (not compared with the checkpoint)",
+                  "flag": "--set", "metavar": "KEY=VALUE"},
+    "out": {"help": "eval folder (default runs/eval-<workload>-...)"},
+    "cache_dir": {"help": "where synthetic data is written"},
+    "num_workers": {"help": "DataLoader workers", "flag": "--workers"},
+    "emulate": {"help": "run on a CPU-emulated device (portability dry run)"},
+    "onnx": {"help": "run this exported graph (default: export one from the checkpoint into "
+                     "the eval folder)", "group": "inference-only backends (onnxruntime)"},
+    "opset": {"help": "ONNX opset when exporting (default 17)",
+              "group": "inference-only backends (onnxruntime)"},
+    "agreement_batches": {"help": "batches compared with the PyTorch model output by output "
+                                  "(0 = all)", "group": "inference-only backends (onnxruntime)"},
+    "profile": {"help": "torch.profiler trace of the first timed batches (<out>/"
+                        "profile_trace.json) and a per-component time table in the record"},
+    "profile_steps": {"help": "batches to profile"},
+}
+# `harness export` takes the fields that say which model and data, as eval does.
+_EXPORT_FIELDS = ("workload", "checkpoint", "scale", "data", "cache_dir", "overrides")
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workload")
-    p.add_argument("--checkpoint", type=Path, required=True,
-                   help="a run's checkpoint.pt, or a bare state dict (loaded weights_only)")
-    p.add_argument("--scale", help="preset (default: the one the checkpoint's config matches)")
-    p.add_argument("--data", type=Path, help="dataset root (default: the synthetic data)")
-    p.add_argument("--cache-dir", type=Path, help="where synthetic data is written")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a workload config field (not compared with the checkpoint)")
+
+def _eval_config() -> type[Any]:
+    from harness.eval_config import EvalConfig  # imports torch
+
+    return EvalConfig
 
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.config import config_values
     from harness.evaluation import EvalConfig, run_eval
     from harness.run_checks import validate_eval_numbers
 
     validate_eval_numbers(args)
-    cfg = EvalConfig(
-        workload=args.workload, checkpoint=args.checkpoint, backend=args.backend,
-        mode=args.mode or "", precision=args.precision, scale=args.scale, data=args.data,
-        batch_size=args.batch_size, warmup_batches=args.warmup_batches, seed=args.seed,
-        overrides=tuple(args.overrides), out=args.out, cache_dir=args.cache_dir,
-        num_workers=args.num_workers, emulate=args.emulate, onnx=args.onnx, opset=args.opset,
-        agreement_batches=args.agreement_batches, profile=args.profile,
-        profile_steps=args.profile_steps)
+    cfg = EvalConfig(**config_values(EvalConfig, args))
     record = run_eval(cfg, overwrite=args.overwrite)
     tp = record.get("throughput") or {}
     parts = [f"status {record['status']}"]
@@ -52,37 +82,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
 
 
-def add_eval(sub: Any) -> None:
+def add_eval(sub: Any, full: bool = True) -> None:
+    """The eval verb; its options (from EvalConfig, which imports torch) only when `full`."""
     p = sub.add_parser("eval", help="evaluate trained weights: metrics, predictions, inference "
                                     "speed and memory, as a record with kind 'eval'")
-    _common(p)
-    p.add_argument("--backend", default="cpu")
-    modes = p.add_mutually_exclusive_group()
-    for mode in ("lazy", "eager", "compile"):
-        modes.add_argument(f"--{mode}", dest="mode", action="store_const", const=mode,
-                           help=f"{mode} execution mode (validated against the backend)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--batch-size", type=int, help="eval batch size (default: the preset's)")
-    p.add_argument("--warmup-batches", type=int, help="untimed batches first (default 2)")
-    p.add_argument("--workers", type=int, dest="num_workers", help="DataLoader workers")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="eval folder (default runs/eval-<workload>-...)")
+    p.set_defaults(func=cmd_eval)
+    if not full:
+        return
+    from harness.config import add_config_arguments
+
+    add_config_arguments(p, _eval_config(), EVAL_FIELD_DOCS)
     p.add_argument("--overwrite", action="store_true",
                    help="--out DIR holds a previous evaluation: delete its files first "
                         "(default: refused; a training run's folder is always refused)")
-    p.add_argument("--emulate", action="store_true",
-                   help="run on a CPU-emulated device (portability dry run)")
-    p.add_argument("--profile", action="store_true",
-                   help="torch.profiler trace of the first timed batches (<out>/"
-                        "profile_trace.json) and a per-component time table in the record")
-    p.add_argument("--profile-steps", type=int, default=3, help="batches to profile")
-    g = p.add_argument_group("inference-only backends (onnxruntime)")
-    g.add_argument("--onnx", type=Path, help="run this exported graph (default: export one "
-                                              "from the checkpoint into the eval folder)")
-    g.add_argument("--opset", type=int, help="ONNX opset when exporting (default 17)")
-    g.add_argument("--agreement-batches", type=int, default=0,
-                   help="batches compared with the PyTorch model output by output (0 = all)")
-    p.set_defaults(func=cmd_eval)
 
 
 # ----------------------------------------------------------------------------- export
@@ -105,15 +117,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_export(sub: Any) -> None:
+def add_export(sub: Any, full: bool = True) -> None:
+    """The export verb; its options only when `full` (as for eval)."""
     p = sub.add_parser("export", help="export a checkpoint's network forward (ONNX, fixed HxW, "
                                       "dynamic batch), checked with onnx.checker")
-    _common(p)
+    p.set_defaults(func=cmd_export)
+    if not full:
+        return
+    from harness.config import add_config_arguments
+
+    add_config_arguments(p, _eval_config(), EVAL_FIELD_DOCS, only=_EXPORT_FIELDS)
     p.add_argument("--format", default="onnx", help="onnx (the only one)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     p.add_argument("--out", type=Path, help="output file (default: model.onnx beside the "
                                              "checkpoint)")
-    p.set_defaults(func=cmd_export)
-
-
-VERBS: list[Callable[[Any], None]] = [add_eval, add_export]

@@ -215,4 +215,4 @@ def build(records: Sequence[Record], ref_dir: Path | None = None,
                 for n, t in tols.items()]
     title = (f"Parity: {base.get('workload')} ({base.get('scale')}), baseline {labels[0]}")
     return Parity(title, labels, list(records), header, rows, len(run_rows), verdicts, tol_rows,
-                  warnings, list(names), tols)
+                  list(dict.fromkeys(warnings)), list(names), tols)  # each warning once

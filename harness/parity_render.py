@@ -39,7 +39,8 @@ def _legend(p: Parity) -> list[str]:
     return [f"{lab}: {r.get('_path', '?')}" for lab, r in zip(p.labels, p.records, strict=True)]
 
 
-def to_markdown(p: Parity) -> str:
+def to_markdown(p: Parity, verbose: bool = False) -> str:
+    """The verdict table, the runs and warnings; the tolerance table only when `verbose`."""
     parts = [f"## {p.title}", "", _md_table(p.header, p.rows), "",
              "Runs: " + "; ".join(f"`{x}`" for x in _legend(p))]
     if p.warnings:
@@ -47,9 +48,10 @@ def to_markdown(p: Parity) -> str:
     agreement = agreement_rows(p.records, p.labels)  # ONNX Runtime eval records
     if agreement:
         parts += ["", f"### {agreement_title(p.records)}", "", _md_table(AGREEMENT, agreement)]
-    parts += ["", "### Tolerances", "",
-              _md_table(["metric", "better", "tolerance", "source"], p.tolerances), ""]
-    return "\n".join(parts)
+    if verbose:
+        parts += ["", "### Tolerances", "",
+                  _md_table(["metric", "better", "tolerance", "source"], p.tolerances)]
+    return "\n".join([*parts, ""])
 
 
 def to_csv(p: Parity) -> str:
@@ -95,7 +97,8 @@ def to_html(p: Parity, figure_png: Path | None = None) -> str:
             "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def render(p: Parity, fmt: str, figure_png: Path | None = None) -> str:
+def render(p: Parity, fmt: str, figure_png: Path | None = None, verbose: bool = False) -> str:
+    """`fmt` as text; `verbose` adds the tolerance table to markdown (a page always has it)."""
     kind = FORMATS.get(fmt)
     if kind is None:
         raise UsageError(f"unknown format {fmt!r} (valid: {', '.join(FORMATS)})")
@@ -103,4 +106,4 @@ def render(p: Parity, fmt: str, figure_png: Path | None = None) -> str:
         return to_csv(p)
     if kind == "html":
         return to_html(p, figure_png)
-    return to_markdown(p)
+    return to_markdown(p, verbose)

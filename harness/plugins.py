@@ -1,9 +1,19 @@
-"""The plugin manager: built-in plugin modules plus third-party entry points "harness".
+"""The plugin manager: the host's plugins, workload and backend plugins by name, and
+third-party plugins (entry points, HARNESS_PLUGINS).
 
-Loaded on first use only (the verbs list, run, eval and export), never by `harness --help`,
+Workloads and backends are declared by name: the built-in ones below, third-party ones as
+entry points of the groups "harness.workloads" / "harness.backends" (name = the workload or
+backend, value = the plugin module that provides it). A declared plugin is imported only when
+its workload or backend is used (`harness run yolov3` imports workloads.yolov3 and
+backends.cpu, not the others), so listing names (`harness list`, `harness run --help`) needs
+no import, no torch. Plugins under the group "harness" and in HARNESS_PLUGINS are imported
+whenever plugins are loaded (the verbs list, run, eval and export), never by `harness --help`,
 check, parity or gate, so a broken third-party plugin cannot break those; where it is
 loaded, a plugin that fails to import is a one-line error naming it (exit 2), and a hook
 implementation that raises names its plugin and the hook.
+
+Options that plugins add to `harness run` (harness_addoption) come from the plugins loaded
+when its parser is built: the host's, HARNESS_PLUGINS and the "harness" group.
 """
 from __future__ import annotations
 
@@ -22,22 +32,30 @@ if TYPE_CHECKING:
     from harness.api import Backend, Workload
 
 ENTRY_POINT_GROUP = "harness"
+# Entry-point groups that declare a workload or backend by name (value: its plugin module).
+NAMED_GROUPS = {"workload": "harness.workloads", "backend": "harness.backends"}
 
-# Built-in plugins, by module name. Each module holds its own @hookimpl functions.
-BUILTINS: tuple[str, ...] = (
-    "harness.console",
-    "harness.profiling",
-    "backends.cpu",
-    "backends.cuda",
-    "backends.npu",
-    "backends.hpu",
-    "backends.onnxruntime",
-    "workloads.yolov3",
-    "workloads.bevdepth",
-    "workloads.lane_multitask",
-    "workloads.openlanev2_topology",
-    "workloads.streampetr",
-)
+# The host's own plugins (console lines, `--profile`): loaded with the plugin manager.
+HOST_PLUGINS: tuple[str, ...] = ("harness.console", "harness.profiling")
+
+# Built-in workloads and backends: name -> the plugin module that provides it.
+BUILTIN_WORKLOADS: dict[str, str] = {
+    "bevdepth": "workloads.bevdepth",
+    "matrixvt": "workloads.bevdepth",
+    "lanes": "workloads.lane_multitask",
+    "openlanev2": "workloads.openlanev2_topology",
+    "streampetr": "workloads.streampetr",
+    "yolov3": "workloads.yolov3",
+}
+BUILTIN_BACKENDS: dict[str, str] = {
+    "cpu": "backends.cpu",
+    "cuda": "backends.cuda",
+    "hpu": "backends.hpu",
+    "npu": "backends.npu",
+    "onnxruntime": "backends.onnxruntime",
+}
+_BUILTIN = {"workload": BUILTIN_WORKLOADS, "backend": BUILTIN_BACKENDS}
+_HOOK = {"workload": "harness_workloads", "backend": "harness_backends"}
 
 
 class PluginLoadError(UsageError):
@@ -90,33 +108,70 @@ def can_emulate(backend: type[Backend]) -> bool:
     return getattr(backend.emulate, "__func__", None) is not Backend.emulate.__func__  # type: ignore[attr-defined]
 
 
-@functools.lru_cache(maxsize=1)
-def get_plugin_manager() -> pluggy.PluginManager:
-    pm = _PluginManager("harness")
-    pm.add_hookspecs(hookspecs)
-    for name in BUILTINS:
-        pm.register(_load_module(name, "built-in"), name=name)
+def _load_entry_point(ep: metadata.EntryPoint) -> Any:
+    try:
+        return ep.load()
+    except (Exception, SystemExit) as exc:
+        raise PluginLoadError(
+            f"plugin {ep.name!r} (entry point {ep.value} from "
+            f"{ep.dist.name if ep.dist else 'unknown'}) failed to import: {exc!r}"
+        ) from exc
+
+
+def _register_undeclared(pm: pluggy.PluginManager) -> None:
+    """HARNESS_PLUGINS and the "harness" entry points: plugins whose workloads and backends
+    (if any) are known only once imported."""
     # Like PYTEST_PLUGINS: extra plugin modules by name, for tests and local experiments.
     for name in filter(None, os.environ.get("HARNESS_PLUGINS", "").split(",")):
         if not pm.has_plugin(name.strip()):
             pm.register(_load_module(name.strip(), "HARNESS_PLUGINS"), name=name.strip())
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if pm.has_plugin(ep.name):
-            continue
-        try:
-            plugin = ep.load()
-        except (Exception, SystemExit) as exc:
-            raise PluginLoadError(
-                f"plugin {ep.name!r} (entry point {ep.value} from "
-                f"{ep.dist.name if ep.dist else 'unknown'}) failed to import: {exc!r}"
-            ) from exc
-        pm.register(plugin, name=ep.name)
+        if not pm.has_plugin(ep.name):
+            pm.register(_load_entry_point(ep), name=ep.name)
+    _check_pending(pm)
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         name = (pm.get_name(exc.plugin) if hasattr(exc, "plugin") else None) or "?"
         raise PluginLoadError(f"plugin {name!r} implements an unknown hook: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The host's plugins and the undeclared ones; declared workload and backend plugins
+    join it when used (get_workload, get_backend, workloads, backends)."""
+    pm = _PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    for name in HOST_PLUGINS:
+        pm.register(_load_module(name, "built-in"), name=name)
+    _register_undeclared(pm)
     return pm
+
+
+def declared(kind: str) -> dict[str, metadata.EntryPoint]:
+    """Workloads or backends (`kind`) declared by name, without importing them: the built-in
+    ones and the entry points of NAMED_GROUPS[kind]. Two plugins declaring one name: error."""
+    group = NAMED_GROUPS[kind]
+    found = {name: metadata.EntryPoint(name, module, group)
+             for name, module in _BUILTIN[kind].items()}
+    for ep in metadata.entry_points(group=group):
+        if ep.name in found and found[ep.name].value != ep.value:
+            raise PluginLoadError(f"two plugins provide {kind} {ep.name!r}: "
+                                  f"{found[ep.name].value} and {ep.value}")
+        found.setdefault(ep.name, ep)
+    return dict(sorted(found.items()))
+
+
+def _register_declared(pm: pluggy.PluginManager, ep: metadata.EntryPoint) -> None:
+    if pm.has_plugin(ep.value):
+        return
+    plugin = _load_entry_point(ep)
+    if not pm.is_registered(plugin):  # also listed in HARNESS_PLUGINS, say
+        pm.register(plugin, name=ep.value)
+        _check_pending(pm)
 
 
 def _collect(hook_results: list[list[Any]], kind: str) -> dict[str, Any]:
@@ -132,23 +187,59 @@ def _collect(hook_results: list[list[Any]], kind: str) -> dict[str, Any]:
     return dict(sorted(found.items()))
 
 
+def _loaded(pm: pluggy.PluginManager, kind: str) -> dict[str, Any]:
+    return _collect(getattr(pm.hook, _HOOK[kind])(), kind)
+
+
+def catalog(kind: str) -> dict[str, Any]:
+    """Every workload or backend name, without importing a declared plugin: name -> its class
+    where its plugin is imported anyway (HARNESS_PLUGINS, the "harness" group), else None.
+    Neither the host's plugins nor torch are loaded for it (`harness list`)."""
+    pm = _PluginManager("harness")  # a throwaway manager: no host plugins, nothing declared
+    pm.add_hookspecs(hookspecs)
+    _register_undeclared(pm)
+    found: dict[str, Any] = dict.fromkeys(declared(kind))
+    found.update(_loaded(pm, kind))
+    return dict(sorted(found.items()))
+
+
+def _all(kind: str) -> dict[str, Any]:
+    pm = get_plugin_manager()
+    for ep in declared(kind).values():
+        _register_declared(pm, ep)
+    return _loaded(pm, kind)
+
+
+def _get(kind: str, name: str) -> Any:
+    pm = get_plugin_manager()
+    named = declared(kind)
+    if name in named:
+        _register_declared(pm, named[name])
+    found = _loaded(pm, kind)
+    if name in found:
+        return found[name]
+    if name in named:
+        raise PluginLoadError(f"plugin {named[name].value} is declared to provide {kind} "
+                              f"{name!r} but does not (it provides: {', '.join(found) or 'none'})")
+    valid = sorted({*named, *found})
+    raise UsageError(f"unknown {kind} '{name}' (valid: {', '.join(valid)})")
+
+
 def backends() -> dict[str, type[Backend]]:
-    return _collect(get_plugin_manager().hook.harness_backends(), "backend")
+    """Every backend class (imports every backend plugin)."""
+    return _all("backend")
 
 
 def workloads() -> dict[str, type[Workload]]:
-    return _collect(get_plugin_manager().hook.harness_workloads(), "workload")
+    """Every workload class (imports every workload plugin, and with them torch)."""
+    return _all("workload")
 
 
 def get_backend(name: str) -> type[Backend]:
-    found = backends()
-    if name not in found:
-        raise UsageError(f"unknown backend '{name}' (valid: {', '.join(found)})")
-    return found[name]
+    """The backend `name`, importing its plugin only."""
+    return _get("backend", name)  # type: ignore[no-any-return]
 
 
 def get_workload(name: str) -> type[Workload]:
-    found = workloads()
-    if name not in found:
-        raise UsageError(f"unknown workload '{name}' (valid: {', '.join(found)})")
-    return found[name]
+    """The workload `name`, importing its plugin only."""
+    return _get("workload", name)  # type: ignore[no-any-return]

@@ -89,6 +89,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if not args.records:
         raise UsageError("give records to compare, or --numerics WORKLOAD --backend B")
     from harness import parity
+    from harness.parity import FORMATS
     from harness.parity_render import render
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
@@ -98,15 +99,18 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
         # stderr: stdout may be the markdown itself (e.g. >> $GITHUB_STEP_SUMMARY)
         print(f"wrote {figure(table, args.figure)}", file=sys.stderr)
-    text = render(table, args.format, args.figure)
+    text = render(table, args.format, args.figure, verbose=args.verbose)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)
-    for line in table.warnings:
-        print(f"harness parity: warning: {line}", file=sys.stderr)
+    # Once on the console: markdown and html carry the warnings; printed to stdout, they are
+    # not repeated on stderr.
+    if args.out or FORMATS[args.format] == "csv":
+        for line in table.warnings:
+            print(f"harness parity: warning: {line}", file=sys.stderr)
     if table.worse and not args.no_fail:
         print("harness parity: a verdict is WORSE (exit 1; --no-fail to only display)",
               file=sys.stderr)
@@ -131,6 +135,9 @@ def add_parity(sub: Any) -> None:
     p.add_argument("--figure", type=Path, metavar="PNG",
                    help="loss curves, primary metric with its tolerance band, FPS/memory bars")
     p.add_argument("--reference-dir", type=Path)
+    p.add_argument("--verbose", action="store_true",
+                   help="also the tolerance table: each metric's band, direction and where "
+                        "they come from (html pages always carry it)")
     g = p.add_argument_group("numerical parity (--numerics)")
     g.add_argument("--numerics", metavar="WORKLOAD",
                    help="per-step loss/gradient parity of --backend against CPU fp64/ref runs")

@@ -134,3 +134,45 @@ def test_a_raising_hook_names_plugin_and_hook(tmp_path: Path,
     finally:
         monkeypatch.delenv("HARNESS_PLUGINS")
         plugins.get_plugin_manager.cache_clear()
+
+
+def _modules_after(argv: list[str]) -> list[str]:
+    """torch and the workload/backend modules imported by `harness ARGV` in a fresh process."""
+    script = f"""
+import sys
+from harness.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+heavy = [m for m in sys.modules if m == "torch" or m.startswith(("workloads", "backends"))]
+print("HEAVY", sorted(heavy))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, timeout=300, env=dict(os.environ, HARNESS_PLUGINS=""))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("HEAVY"))
+    return eval(line.split(" ", 1)[1])  # noqa: S307 - our own printed list
+
+
+def test_list_imports_neither_torch_nor_any_plugin() -> None:
+    assert _modules_after(["list"]) == []
+
+
+def test_run_help_imports_no_workload_or_backend() -> None:
+    assert [m for m in _modules_after(["run", "--help"]) if m != "torch"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="harness/profiling.py (a host plugin: `run --profile`) "
+                   "imports torch at module level; with that import moved into its functions "
+                   "`run --help` needs no torch (then drop this mark)")
+def test_run_help_imports_no_torch() -> None:
+    assert "torch" not in _modules_after(["run", "--help"])
+
+
+def test_main_quiets_third_party_console_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.cli import main
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setenv("KINETO_LOG_LEVEL", "4")  # the user's own choice is kept
+    assert main(["list"]) == 0
+    assert os.environ["TQDM_DISABLE"] == "1" and os.environ["KINETO_LOG_LEVEL"] == "4"

@@ -102,10 +102,16 @@ def test_reference_row_supplies_the_tolerance(runs: list[Path], tmp_path: Path,
         "scale,kind,config,backend,device,precision,weights_dtype,mode,world_size,metric,value,"
         "tolerance,tolerance_kind,direction,source\n"
         "smoke,train,,cpu,any-cpu,fp32,fp32,eager,1,accuracy,1.0,0.25,abs,higher,measured here\n")
-    assert main(["parity", str(runs[0]), str(runs[2]), "--reference-dir", str(tmp_path)]) == 0
+    args = ["parity", str(runs[0]), str(runs[2]), "--reference-dir", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert "reference tiny.csv:2 (abs 0.25; measured here)" in out
     assert _rows(out)["accuracy"][4:] == ["-0.2", "ok"]  # inside the 0.25 band
+    assert "Tolerances" not in out and "measured here" not in out  # the verdicts only
+    assert main([*args, "--verbose"]) == 0
+    verbose = capsys.readouterr().out
+    assert verbose.startswith(out.rstrip("\n"))  # the same table, then the tolerances
+    assert "### Tolerances" in verbose
+    assert "reference tiny.csv:2 (abs 0.25; measured here)" in verbose
 
 
 def test_every_workload_metric_has_a_direction() -> None:
@@ -134,7 +140,12 @@ def test_too_few_timed_steps_and_emulated_speed_are_not_judged(
     rows = _rows(out)
     assert rows["fps"][5:] == ["-66.7%", "n/a (too few timed steps)", "-", "n/a (emulated)"]
     assert rows["accuracy"][6] == "ok" and rows["accuracy"][8] == "ok"
-    assert "few: 4 timed steps (< 8); its speed and memory are not compared" in err
+    warning = "few: 4 timed steps (< 8); its speed and memory are not compared"
+    assert (out + err).count(warning) == 1  # once: in the table printed, not again on stderr
+    table = tmp_path / "p.csv"  # a CSV cannot carry it: on stderr, once
+    assert main(["parity", str(runs[0]), str(few), "--format", "csv", "--out", str(table)]) == 0
+    out, err = capsys.readouterr()
+    assert err.count(warning) == 1 and warning not in table.read_text()
 
 
 def test_mixed_workloads_or_scales_are_refused(runs: list[Path]) -> None:
