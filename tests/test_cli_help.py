@@ -46,9 +46,6 @@ def test_main_help_describes_the_verbs_a_user_needs() -> None:
         assert verb in " ".join(DESCRIPTION.split())
 
 
-# Flags added with the lazy `harness list` and the quiet `parity` table; the README is not
-# edited on the branch that added them: its owner adds them to "Command line" (remove then).
-README_PENDING = {"list": {"--details"}, "parity": {"--verbose"}}
 
 
 def test_readme_names_every_flag_of_the_other_verbs() -> None:
@@ -58,6 +55,6 @@ def test_readme_names_every_flag_of_the_other_verbs() -> None:
         sub = build_parser([verb])._subparsers._group_actions[0]  # type: ignore[union-attr]
         flags = {o for a in sub.choices[verb]._actions for o in a.option_strings
                  if o.startswith("--") and o != "--help"}
-        missing = sorted(f for f in flags - README_PENDING.get(verb, set())
+        missing = sorted(f for f in flags
                          if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", readme))
         assert not missing, f"README never names `harness {verb}` {missing}"
