@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -124,3 +124,67 @@ class StepTimer:
             "compute_time_s_p50": percentile(compute, 50),
             "data_wait_fraction": sum(self.data_times) / total if total > 0 else None,
         }
+
+
+class ResumedTimer(StepTimer):
+    """The training clock of a run that may be checkpointed and resumed: a StepTimer that
+    carries the timed steps of the earlier segments, and a checkpoint piece
+    (`state_dict()`/`load_state_dict()`, harness/checkpointing.py).
+
+    Each segment repeats its warmup (excluded); throughput and percentiles are over the
+    timed steps of all segments, the window seconds their sum.
+    """
+
+    prior_window_s: float = 0.0
+    segment_warmup: int = 0
+    segments: int = 1
+
+    def start(self, warmup_until: int, warmup: int) -> None:
+        """The segment starts now: steps before `warmup_until` are its warmup (`warmup` of
+        them), and the first step's time counts from here."""
+        self.warmup_steps, self.segment_warmup = warmup_until, warmup
+        self._last = time.perf_counter()
+
+    def window_seconds(self) -> float | None:
+        own = super().window_seconds()
+        if own is None:
+            return self.prior_window_s or None
+        return own + self.prior_window_s
+
+    def summary(self, world_size: int) -> dict[str, Any]:
+        out: dict[str, Any] = dict(super().summary(world_size))
+        out["warmup_steps"] = self.segment_warmup
+        out["segments"] = self.segments
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The timed steps so far, for the next segment (only steps before the checkpoint)."""
+        window = 0.0
+        if self.window_start is not None:
+            end = self.window_end if self.window_end is not None else time.perf_counter()
+            paused_now = end - self._paused_at if self._paused_at is not None else 0.0
+            window = end - self.window_start - self.paused_s - paused_now
+        return {"step_times": list(self.step_times), "data_times": list(self.data_times),
+                "copy_times": list(self.copy_times), "samples": self.samples,
+                "window_s": window + self.prior_window_s, "paused_s": self.paused_s,
+                "segments": self.segments}
+
+    def load_state_dict(self, prior: dict[str, Any]) -> None:
+        """Continue from an earlier segment's `state_dict()`."""
+        self.step_times = list(prior["step_times"])
+        self.data_times = list(prior["data_times"])
+        self.copy_times = list(prior["copy_times"])
+        self.samples = int(prior["samples"])
+        self.prior_window_s = float(prior["window_s"])
+        self.paused_s = float(prior["paused_s"])
+        self.segments = int(prior["segments"]) + 1
+
+
+def make_timer(warmup_until: int, warmup: int, synchronize: Callable[[], None],
+               prior: dict[str, Any] | None = None) -> ResumedTimer:
+    """A run's training clock; `prior`: an earlier segment's `state_dict()`."""
+    timer = ResumedTimer(warmup_until, synchronize)
+    timer.segment_warmup = warmup
+    if prior:
+        timer.load_state_dict(prior)
+    return timer

@@ -8,7 +8,6 @@ around logging and evaluation, and (host time only) around the per-step observer
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import time
@@ -17,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from harness.checkpoint import ResumableBatches, make_timer
-from harness.checkpoint_dist import write_checkpoint
+from harness.checkpoint import ResumableBatches, to_cpu
+from harness.checkpointing import training_checkpoints
 from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
+from harness.timing import ResumedTimer
 
 if TYPE_CHECKING:
     from harness.api import Backend, MemoryStats, Run, Workload
@@ -74,8 +74,6 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
     keeping the newest `keep_checkpoints`. `progress`: updated with the current step and
     phase (forward/backward/optimizer/evaluation), for the record of a failure (OOM).
     """
-    from harness.resume import restore_training, training_state
-
     progress = progress if progress is not None else {}
     cfg, wl, backend, strategy = run.config, run.workload, run.backend, run.strategy
     if len(loader) == 0:
@@ -103,18 +101,18 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
     scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
     grad_clip = getattr(wl.config, "grad_clip", None)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
-    window_memory: MemoryStats | None = None  # peaks of the window before an evaluation
-    pending: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+    timer = ResumedTimer(0, backend.synchronize)
+    loop = _LoopState(backend, timer, device)
+    checkpoints = training_checkpoints(
+        run, host_model=host_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        batches=stream, timer=timer, loop=loop, keep=keep_checkpoints)
     if resume_state is not None:
-        pending, window_memory = restore_training(resume_state, run, host_model, optimizer,
-                                                  scheduler, scaler, stream, device)
+        checkpoints.load(resume_state)
     start = run.step
     # A resumed segment repeats the warmup (excluded from the timed steps).
     warmup = max(0, min(warmup, run.total_steps - start - 1))
-    run.timer = timer = make_timer(start + warmup, warmup, backend.synchronize,
-                                   None if resume_state is None else resume_state["timer"])
-    if resume_state is not None:  # duration_s counts every segment
-        run.started = time.time() - float(resume_state["elapsed_s"])
+    timer.start(start + warmup, warmup)
+    run.timer = timer
     hooks.harness_run_start(run=run)
     model.train()
     if warmup == 0:
@@ -157,7 +155,7 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         run.step = step + 1
         iter_time = timer.end_step(step, samples, data_time, copy_time)
         interval_times.append((iter_time, data_time))
-        pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
+        loop.pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
         if run.step == start + warmup and warmup > 0:
             backend.reset_peak_memory()
             timer.open_window()
@@ -173,18 +171,18 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         stop_now = strategy.any_rank(bool(progress.get("stop_requested"))) and not last
         ckpt_now = stop_now or periodic
         if log_now:  # the console shows the interval's means, as the README says
-            _log(run, pending, optimizer,
+            _log(run, loop.pending, optimizer,
                  sum(t for t, _ in interval_times) / len(interval_times),
                  sum(d for _, d in interval_times) / len(interval_times),
                  scaled=scaler is not None or strategy.scales_loss)
-            pending = []
+            loop.pending = []
             interval_times = []
         else:
             run.last_log = None
         hooks.harness_step_end(run=run, step=run.step)
         if eval_now:
             if timer.is_open:
-                window_memory = _max_memory(window_memory, backend.memory())
+                loop.window_memory = _max_memory(loop.window_memory, backend.memory())
             # Rank 0 evaluates the unwrapped model (DDP's forward would broadcast buffers from
             # rank 0 alone) while the other ranks wait at a barrier, not in a collective.
             progress["phase"] = "evaluation"
@@ -194,21 +192,48 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
                 backend.synchronize()
                 backend.reset_peak_memory()  # evaluation's peak is not training's
         if ckpt_now:  # last in the step: the RNG states are those the next step starts from
-            memory_now = _max_memory(window_memory, backend.memory()) if timer.is_open else (
-                window_memory)
             # Every rank takes part (per-rank shares, DeepSpeed's engine); rank 0 writes.
-            write_checkpoint(run, functools.partial(
-                training_state, run, host_model, optimizer, scheduler, scaler, stream, pending,
-                timer, memory_now, time.time() - run.started), keep_checkpoints)
+            checkpoints.save(run.step)
         timer.resume()
         if stop_now:
             raise RunInterrupted(f"interrupted: stopped after step {run.step} with a checkpoint; "
                                  f"continue with: harness run --resume {run.out_dir}")
     progress["training"] = False
     timer.close_window()
-    run.memory = _max_memory(window_memory, backend.memory())
+    run.memory = _max_memory(loop.window_memory, backend.memory())
     run.trained_model = strategy.unwrap(run_model)
     run.optimizer = optimizer
+
+
+class _LoopState:
+    """The loop's own checkpoint piece: the loss terms and grad norms not yet logged (read
+    to the host at the next log step) and the memory peaks of the training window before an
+    evaluation (an evaluation's peak is not training's)."""
+
+    keys = ("pending", "memory")
+
+    def __init__(self, backend: Backend, timer: ResumedTimer, device: torch.device) -> None:
+        self.backend, self.timer, self.device = backend, timer, device
+        self.pending: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
+        self.window_memory: MemoryStats | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        memory = self.window_memory
+        if self.timer.is_open:
+            memory = _max_memory(memory, self.backend.memory())
+        return {"pending": [{"step": s, "terms": to_cpu(t), "grad_norm": to_cpu(g)}
+                            for s, t, g in self.pending],
+                "memory": None if memory is None else dataclasses.asdict(memory)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from harness.api import MemoryStats
+
+        device = self.device
+        self.pending = [(p["step"], {k: v.to(device) for k, v in p["terms"].items()},
+                         None if p["grad_norm"] is None else p["grad_norm"].to(device))
+                        for p in state["pending"]]
+        memory = state.get("memory")
+        self.window_memory = None if memory is None else MemoryStats(**memory)
 
 
 def _log(run: Run, pending: list, optimizer: Any, iter_time: float, data_time: float,
