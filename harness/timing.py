@@ -1,13 +1,20 @@
 """Timing: one synchronized window over training only, and step times that partition it.
 
 The device is synchronized at the window's boundaries and wherever the window pauses
-(evaluation, log points, where values are read anyway). Inside the window, the time between
-two step ends is that step's time; time spent paused (evaluation, logging, observer hooks)
-is excluded from both the window and the steps, and the device work still queued when a
-pause begins is drained (synchronized) and charged to the step that queued it. So
-`sum(step_times) == window_s`, and samples/s and the step-time percentiles describe the
-same time. Per-step times are host-side: on asynchronous devices a step's time is when the
-host got through it, which, once the queue is full, follows the device.
+(evaluation, log points and checkpoints, where values are read anyway). Inside the window,
+the time between two step ends is that step's time; time spent paused is excluded from both
+the window and the steps, and the device work still queued when a pause begins is drained
+(synchronized) and charged to the step that queued it. Every pause synchronizes: a pause
+that only left host time out (a per-step hook, a stop agreement between ranks) would also
+leave out the device work that ran meanwhile, and samples/s would come out high. So the host
+time of every step (observer hooks, the per-step all-reduce under --nproc) stays inside the
+window, `sum(step_times) == window_s`, and samples/s and the step-time percentiles describe
+the same time. Per-step times are host-side: on asynchronous devices a step's time is when
+the host got through it, which, once the queue is full, follows the device.
+
+Every time the window measures is read from the timer's `clock` (`time.perf_counter`
+unless one is given; `default_clock` is what a timer made without one reads), so tests
+drive the timing with a fake clock instead of sleeping.
 
 Per step, the host time also splits into `data_time` (blocked waiting for the next batch
 from the loader), `copy_time` (issuing the host->device copies; asynchronous from pinned
@@ -19,6 +26,10 @@ import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+Clock = Callable[[], float]
+# The clock of timers made without one: monotonic, the host's finest resolution.
+default_clock: Clock = time.perf_counter
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -33,10 +44,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 @dataclass
 class StepTimer:
-    """Per-step wall, data-wait and copy times and sample counts inside the timed window."""
+    """Per-step wall, data-wait and copy times and sample counts inside the timed window.
+    `clock`: seconds, monotonic (default: `default_clock`)."""
 
     warmup_steps: int
     synchronize: Callable[[], None]
+    # Read when the timer is made, so a test may set `default_clock` for a whole run.
+    clock: Clock = field(default_factory=lambda: default_clock)
     step_times: list[float] = field(default_factory=list)
     data_times: list[float] = field(default_factory=list)
     copy_times: list[float] = field(default_factory=list)
@@ -45,9 +59,12 @@ class StepTimer:
     window_end: float | None = None
     paused_s: float = 0.0
     # Starts when the timer is made (just before the first step), so the first step's
-    # iter_time is that step's, not the time since the perf_counter epoch.
-    _last: float = field(default_factory=time.perf_counter)
+    # iter_time is that step's, not the time since the clock's epoch.
+    _last: float = 0.0
     _paused_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self._last = self.clock()
 
     @property
     def is_open(self) -> bool:
@@ -56,12 +73,12 @@ class StepTimer:
     def open_window(self) -> None:
         """Called once, right after the last warmup step."""
         self.synchronize()
-        self.window_start = time.perf_counter()
+        self.window_start = self.clock()
         self._last = self.window_start
 
     def end_step(self, step: int, samples: int, data_time: float, copy_time: float = 0.0) -> float:
         """A step ended (host side); returns its time since the previous step end."""
-        now = time.perf_counter()
+        now = self.clock()
         elapsed = now - self._last
         self._last = now
         if self.is_open and self._paused_at is None and step >= self.warmup_steps:
@@ -71,15 +88,13 @@ class StepTimer:
             self.samples += samples
         return elapsed
 
-    def pause(self, synchronize: bool = True) -> None:
-        """Stop the clock (evaluation, logging, hooks). With `synchronize`, queued device work
-        is drained first and charged to the last step; without, only host time is excluded
-        (for cheap per-step hooks, where a sync would stall the device pipeline)."""
+    def pause(self) -> None:
+        """Stop the clock (evaluation, logging, a checkpoint): queued device work is drained
+        first and charged to the last step."""
         if not self.is_open or self._paused_at is not None:
             return
-        if synchronize:
-            self.synchronize()
-        now = time.perf_counter()
+        self.synchronize()
+        now = self.clock()
         if self.step_times:
             self.step_times[-1] += now - self._last
         self._paused_at = now
@@ -87,7 +102,7 @@ class StepTimer:
     def resume(self) -> None:
         if self._paused_at is None:
             return
-        now = time.perf_counter()
+        now = self.clock()
         self.paused_s += now - self._paused_at
         self._paused_at = None
         self._last = now
@@ -97,7 +112,7 @@ class StepTimer:
             return
         self.resume()
         self.synchronize()
-        self.window_end = time.perf_counter()
+        self.window_end = self.clock()
         if self.step_times:  # the drained queue belongs to the last step
             self.step_times[-1] += self.window_end - self._last
 
@@ -143,7 +158,7 @@ class ResumedTimer(StepTimer):
         """The segment starts now: steps before `warmup_until` are its warmup (`warmup` of
         them), and the first step's time counts from here."""
         self.warmup_steps, self.segment_warmup = warmup_until, warmup
-        self._last = time.perf_counter()
+        self._last = self.clock()
 
     def window_seconds(self) -> float | None:
         own = super().window_seconds()
@@ -161,7 +176,7 @@ class ResumedTimer(StepTimer):
         """The timed steps so far, for the next segment (only steps before the checkpoint)."""
         window = 0.0
         if self.window_start is not None:
-            end = self.window_end if self.window_end is not None else time.perf_counter()
+            end = self.window_end if self.window_end is not None else self.clock()
             paused_now = end - self._paused_at if self._paused_at is not None else 0.0
             window = end - self.window_start - self.paused_s - paused_now
         return {"step_times": list(self.step_times), "data_times": list(self.data_times),
@@ -179,12 +194,3 @@ class ResumedTimer(StepTimer):
         self.paused_s = float(prior["paused_s"])
         self.segments = int(prior["segments"]) + 1
 
-
-def make_timer(warmup_until: int, warmup: int, synchronize: Callable[[], None],
-               prior: dict[str, Any] | None = None) -> ResumedTimer:
-    """A run's training clock; `prior`: an earlier segment's `state_dict()`."""
-    timer = ResumedTimer(warmup_until, synchronize)
-    timer.segment_warmup = warmup
-    if prior:
-        timer.load_state_dict(prior)
-    return timer

@@ -3,7 +3,8 @@
 Hot-path rules: no `.item()` and no device sync per step; loss terms and grad norms stay
 on the device and are read once per log interval, where non-finite values are also caught.
 The timed window (harness/timing.py) holds training steps only: it pauses, synchronized,
-around logging and evaluation, and (host time only) around the per-step observer hook.
+around logging, evaluation and checkpoints; the host time of every step (the per-step
+observer hook, the stop agreement between ranks) stays inside it.
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
     grad_clip = getattr(wl.config, "grad_clip", None)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
     timer = ResumedTimer(0, backend.synchronize)
+    clock = timer.clock  # data and copy times on the window's clock
     loop = _LoopState(backend, timer, device)
     checkpoints = training_checkpoints(
         run, host_model=host_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -126,13 +128,13 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         samples = 0
         terms_sum: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
-            t0 = time.perf_counter()
+            t0 = clock()
             batch = next(batches)
-            t1 = time.perf_counter()
+            t1 = clock()
             samples += wl.samples(batch)
             batch = to_device(batch, device)
             data_time += t1 - t0
-            copy_time += time.perf_counter() - t1
+            copy_time += clock() - t1
             with strategy.micro_step(run_model, last=micro == cfg.grad_accum - 1):
                 progress["phase"] = "forward"
                 with backend.trace("forward"), backend.autocast(cfg.precision):
@@ -153,23 +155,25 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
         if scheduler is not None:
             scheduler.step()
         run.step = step + 1
+        last = run.step == run.total_steps
+        # Every rank stops after the same step (under --nproc one host-side all-reduce): part
+        # of the step's time, as the device keeps computing meanwhile.
+        stop_now = strategy.any_rank(bool(progress.get("stop_requested"))) and not last
         iter_time = timer.end_step(step, samples, data_time, copy_time)
         interval_times.append((iter_time, data_time))
         loop.pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
         if run.step == start + warmup and warmup > 0:
             backend.reset_peak_memory()
             timer.open_window()
-        last = run.step == run.total_steps
         log_now = run.step % cfg.log_interval == 0 or last
         eval_now = bool(cfg.eval_interval) and run.step % cfg.eval_interval == 0 and not last
         periodic = bool(checkpoint_interval) and run.step % checkpoint_interval == 0 and not last
-        # Logging reads values (a sync anyway), evaluation runs the device and a checkpoint
-        # copies it to the host: they pause the clock synchronized. The per-step hook and the
-        # stop agreement only exclude their host time.
-        timer.pause(synchronize=log_now or eval_now or periodic)
-        # Every rank stops after the same step (under --nproc one host-side all-reduce).
-        stop_now = strategy.any_rank(bool(progress.get("stop_requested"))) and not last
         ckpt_now = stop_now or periodic
+        # Logging reads values (a sync anyway), evaluation runs the device and a checkpoint
+        # copies it to the host: they pause the clock, synchronized. On other steps the
+        # per-step hook runs inside the window (its host time counts to the next step).
+        if log_now or eval_now or ckpt_now:
+            timer.pause()
         if log_now:  # the console shows the interval's means, as the README says
             _log(run, loop.pending, optimizer,
                  sum(t for t, _ in interval_times) / len(interval_times),
