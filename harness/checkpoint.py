@@ -183,6 +183,23 @@ def write_atomic(state: Any, path: Path) -> None:
         pass
 
 
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders: files another writer made (a
+    strategy engine's own checkpoint files) are on disk before the harness file that
+    commits them is written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _fsync(path, os.O_RDONLY)
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder, folder.parent]:
+        try:
+            _fsync(path, os.O_RDONLY)
+        except OSError:
+            pass
+
+
 def _fsync(path: Path | str, flags: int) -> None:
     fd = os.open(path, flags)
     try:

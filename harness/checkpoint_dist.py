@@ -35,7 +35,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness.checkpoint import checkpoint_dir, list_checkpoints
+from harness.checkpoint import checkpoint_dir, fsync_tree, list_checkpoints
 from harness.errors import UsageError
 
 ENGINE_DIR = "deepspeed"
@@ -62,9 +62,11 @@ class EngineFiles:
         self.tag: str | None = None
 
     def save_files(self, step: int) -> None:
-        """The engine's save, on every rank (a collective), before the harness file."""
+        """The engine's save, on every rank (a collective), before the harness file; synced
+        to disk here (the engine's writer does not fsync), as the harness file's writer does."""
         self.tag = f"step_{step}"
         self.strategy.save_engine_checkpoint(engine_dir(self.out_dir), self.tag)
+        fsync_tree(engine_dir(self.out_dir) / self.tag)
 
     def state_dict(self) -> dict[str, Any]:
         return {"engine": {"dir": ENGINE_DIR, "tag": self.tag}}

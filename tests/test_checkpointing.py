@@ -204,3 +204,27 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         write_atomic({"a": Boom()}, path)
     assert safe_torch_load(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_engine_files_are_synced_before_the_harness_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.checkpoint_dist import EngineFiles
+
+    order: list[str] = []
+
+    class Strategy:
+        world_size, is_main = 1, True
+
+        def save_engine_checkpoint(self, folder: Path, tag: str) -> None:
+            (folder / tag).mkdir(parents=True)
+            for name in ("mp_rank_00_model_states.pt", "optim_states.pt"):
+                (folder / tag / name).write_bytes(b"x")
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (order.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd))[1])
+    CheckpointManager(tmp_path).register_engine(EngineFiles(Strategy(), tmp_path)).save(2)
+    names = [Path(p).name for p in order]
+    harness_file = next(i for i, n in enumerate(names) if n.startswith(".step_2.pt."))
+    assert names.index("mp_rank_00_model_states.pt") < harness_file
+    assert names.index("optim_states.pt") < harness_file
