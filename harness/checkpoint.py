@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from harness.errors import UsageError
-from harness.records import _umask
 from harness.safe_load import safe_torch_load
 
 FORMAT = "perception-harness/train-checkpoint/1"
@@ -198,6 +197,12 @@ def fsync_tree(folder: Path) -> None:
             _fsync(path, os.O_RDONLY)
         except OSError:
             pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path | str, flags: int) -> None:
