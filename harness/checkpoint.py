@@ -8,18 +8,23 @@ state at the start of the current epoch plus the batches consumed in it), every 
 `state_dict()`/`load_state_dict()`, and what the record had so far (losses, evals, the
 timed steps of earlier segments).
 
-Writes are atomic: a unique temp file in the same folder, fsync, rename; the previous
-checkpoint stays until the new one is complete, and a failed write removes its temp file.
-Multi-process runs (DDP, DeepSpeed) split this state into a shared part and one share per
-rank: harness/checkpoint_dist.py.
+This module is the file layer: where checkpoints live, the one writer every checkpoint
+file goes through (`write_atomic`: a unique temp file in the same folder, fsync, rename, the
+folder synced; the previous checkpoint stays until the new one is complete, and a failed
+write removes its temp file), pruning and finding the newest complete one; plus the two
+pieces of state that need more than a `state_dict()` call: the data position
+(`ResumableBatches`) and the RNG states. What goes into a checkpoint and in which order it
+is put back is harness/checkpointing.py (the manager); multi-process runs (DDP, DeepSpeed)
+split the state into a shared part and one share per rank: harness/checkpoint_dist.py.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,7 +33,6 @@ import torch
 
 from harness.errors import UsageError
 from harness.safe_load import safe_torch_load
-from harness.timing import StepTimer
 
 FORMAT = "perception-harness/train-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -136,58 +140,6 @@ class ResumableBatches:
             self.run.epoch += 1
 
 
-class ResumedTimer(StepTimer):
-    """A StepTimer that carries the timed steps of the earlier segments of a resumed run.
-
-    Each segment repeats its warmup (excluded); throughput and percentiles are over the
-    timed steps of all segments, the window seconds their sum.
-    """
-
-    prior_window_s: float = 0.0
-    segment_warmup: int = 0
-    segments: int = 1
-
-    def window_seconds(self) -> float | None:
-        own = super().window_seconds()
-        if own is None:
-            return self.prior_window_s or None
-        return own + self.prior_window_s
-
-    def summary(self, world_size: int) -> dict[str, Any]:
-        out: dict[str, Any] = dict(super().summary(world_size))
-        out["warmup_steps"] = self.segment_warmup
-        out["segments"] = self.segments
-        return out
-
-
-def make_timer(warmup_until: int, warmup: int, synchronize: Callable[[], None],
-               prior: dict[str, Any] | None) -> ResumedTimer:
-    timer = ResumedTimer(warmup_until, synchronize)
-    timer.segment_warmup = warmup
-    if prior:
-        timer.step_times = list(prior["step_times"])
-        timer.data_times = list(prior["data_times"])
-        timer.copy_times = list(prior["copy_times"])
-        timer.samples = int(prior["samples"])
-        timer.prior_window_s = float(prior["window_s"])
-        timer.paused_s = float(prior["paused_s"])
-        timer.segments = int(prior["segments"]) + 1
-    return timer
-
-
-def timer_state(timer: StepTimer) -> dict[str, Any]:
-    """The timed steps so far, for the next segment (only steps before the checkpoint)."""
-    window = 0.0
-    if timer.window_start is not None:
-        end = timer.window_end if timer.window_end is not None else time.perf_counter()
-        paused_now = end - timer._paused_at if timer._paused_at is not None else 0.0
-        window = end - timer.window_start - timer.paused_s - paused_now
-    return {"step_times": list(timer.step_times), "data_times": list(timer.data_times),
-            "copy_times": list(timer.copy_times), "samples": timer.samples,
-            "window_s": window + getattr(timer, "prior_window_s", 0.0),
-            "paused_s": timer.paused_s, "segments": getattr(timer, "segments", 1)}
-
-
 # -- files --
 def checkpoint_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
@@ -202,30 +154,63 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def write_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a unique temp file beside `path`, fsync, rename; no temp left on failure."""
+def write_atomic(state: Any, path: Path) -> None:
+    """torch.save `state` to `path` so that `path` is either the old file or the complete new
+    one, also across a power loss: a unique temp file beside it (two writers never share
+    one; readable as the umask allows, not mkstemp's 0600), fsync, rename, folder fsync. On
+    failure the temp file is removed; torch's zip writer reports a full disk as "unexpected
+    pos ...", which is raised as the ENOSPC it is."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
+        torch.save(state, tmp)
+        _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError) and shutil.disk_usage(path.parent).free < 2**20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
     try:  # the rename itself survives a power loss once the folder is synced
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync(path.parent, os.O_RDONLY)
     except OSError:
         pass
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders: files another writer made (a
+    strategy engine's own checkpoint files) are on disk before the harness file that
+    commits them is written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _fsync(path, os.O_RDONLY)
+    for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder, folder.parent]:
+        try:
+            _fsync(path, os.O_RDONLY)
+        except OSError:
+            pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path | str, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_periodic(state: dict[str, Any], out_dir: Path, step: int, keep: int) -> Path:

@@ -1,14 +1,16 @@
 """Periodic checkpoints of multi-process runs (DDP, DeepSpeed): what is shared, what per rank.
 
-One file per checkpoint, `checkpoints/step_<N>.pt`, written by rank 0 alone:
+The checkpoint manager (harness/checkpointing.py) writes them; this is the layout it
+writes and how a rank reads its part back. One file per checkpoint,
+`checkpoints/step_<N>.pt`, written by rank 0 alone:
 
 - shared (top level, as in a single-process checkpoint): model, optimizer, scheduler and
   GradScaler state, step, epoch, micro-steps. Rank 0's copy: under DDP they are replicated
   (gradients are all-reduced before every step; buffers such as BatchNorm statistics are
   broadcast from rank 0 at the start of every forward, so rank 0's are what every rank
   computes the next step with).
-- `world_size` and `ranks`: one share per rank, in rank order, with what differs between
-  ranks: the RNG states (each rank is seeded with seed + rank), the data position (a
+- `world_size` and `ranks`: one share per rank, in rank order, with the pieces registered
+  per rank, what differs between ranks: the RNG states (each rank is seeded with seed + rank), the data position (a
   workload batch sampler's state may differ per rank), the workload's own state (a temporal
   memory holds that rank's samples), the pending loss terms and the losses, evaluations,
   timer and memory peaks of that rank's record.
@@ -22,22 +24,20 @@ runs over the host-side gloo group, not the device's collectives.
 
 DeepSpeed keeps model, fp32 master weights and optimizer (ZeRO shards) in its engine, so the
 engine writes them with its own `save_checkpoint` into `checkpoints/deepspeed/step_<N>/`
-first, on every rank; the harness file (no model or optimizer, `engine` naming the tag) is
-written after every rank has finished its part (the gather is the barrier) and is the
-commit marker: a tag folder without its step file is an incomplete save and is removed.
+first, on every rank (`EngineFiles`, the engine as a checkpoint piece); the harness file (no
+model or optimizer, `engine` naming the tag) is written after every rank has finished its
+part (the gather is the barrier) and is the commit marker: a tag folder without its step
+file is an incomplete save and is removed.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from harness.checkpoint import checkpoint_dir, list_checkpoints, save_periodic
+from harness.checkpoint import checkpoint_dir, fsync_tree, list_checkpoints
 from harness.errors import UsageError
 
-# What a rank's share holds; everything else in a checkpoint is rank 0's and shared.
-RANK_KEYS = ("rng", "data", "workload_state", "pending", "losses", "evals", "timer", "memory",
-             "elapsed_s")
 ENGINE_DIR = "deepspeed"
 
 
@@ -50,33 +50,41 @@ def engine_dir(out_dir: Path) -> Path:
     return checkpoint_dir(out_dir) / ENGINE_DIR
 
 
-def write_checkpoint(run: Any, state_of: Callable[[bool], dict[str, Any]],
-                     keep: int) -> Path | None:
-    """Write step_<run.step>.pt for every process of the run; the path on rank 0, else None.
+class EngineFiles:
+    """The strategy's engine as a checkpoint piece: model, master weights and optimizer in
+    the engine's own files under checkpoints/deepspeed/step_<N>/, the harness file's
+    `engine` entry naming them."""
 
-    `state_of(with_weights)`: this rank's training state (resume.training_state), with model
-    and optimizer only where `with_weights` (rank 0, and only without an engine)."""
-    strategy = run.strategy
-    through_engine = saves_through_engine(strategy)
-    tag = f"step_{run.step}"
-    if through_engine:
-        strategy.save_engine_checkpoint(engine_dir(run.out_dir), tag)
-    state = state_of(strategy.is_main and not through_engine)
-    if through_engine:
-        state["engine"] = {"dir": ENGINE_DIR, "tag": tag}
-    if strategy.world_size > 1:
-        share = {key: state.pop(key) for key in RANK_KEYS}
-        shares = strategy.gather_to_main(share)
-        if shares is None:  # not rank 0: its share is in rank 0's hands now
-            return None
-        state.update(world_size=strategy.world_size, ranks=shares)
-    path = save_periodic(state, run.out_dir, run.step, keep)
-    if through_engine:
-        _prune_engine_tags(run.out_dir)
-    return path
+    keys = ("engine",)
+
+    def __init__(self, strategy: Any, out_dir: Path) -> None:
+        self.strategy, self.out_dir = strategy, Path(out_dir)
+        self.tag: str | None = None
+
+    def save_files(self, step: int) -> None:
+        """The engine's save, on every rank (a collective), before the harness file; synced
+        to disk here (the engine's writer does not fsync), as the harness file's writer does."""
+        self.tag = f"step_{step}"
+        self.strategy.save_engine_checkpoint(engine_dir(self.out_dir), self.tag)
+        fsync_tree(engine_dir(self.out_dir) / self.tag)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"engine": {"dir": ENGINE_DIR, "tag": self.tag}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        engine = state["engine"]
+        if engine is None:
+            raise UsageError("the checkpoint holds no engine files, and this run's strategy "
+                             "keeps model and optimizer in its engine")
+        self.strategy.load_engine_checkpoint(checkpoint_dir(self.out_dir) / str(engine["dir"]),
+                                             str(engine["tag"]))
+
+    def committed(self) -> None:
+        """The harness file is written: engine folders without one are dropped."""
+        prune_engine_tags(self.out_dir)
 
 
-def _prune_engine_tags(out_dir: Path) -> None:
+def prune_engine_tags(out_dir: Path) -> None:
     """Remove engine tag folders whose step file is gone (pruned) or never came (cut short)."""
     folder = engine_dir(out_dir)
     kept = {f"step_{step}" for step, _ in list_checkpoints(out_dir)}

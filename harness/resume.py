@@ -1,8 +1,8 @@
 """`harness run --resume DIR`: the recorded config, the newest checkpoint, the training state.
 
-What goes into a periodic checkpoint and how it is put back lives here, so the training
-loop only calls `training_state(...)` at a checkpoint step and `restore_training(...)` once
-after building model, optimizer, scheduler and scaler.
+What goes into a periodic checkpoint and how it is put back is the checkpoint manager's
+(harness/checkpointing.py): the training loop registers its pieces once, after building
+model, optimizer, scheduler and scaler, and loads the checkpoint found here through it.
 
 Workloads with state of their own (a temporal memory queue, a running statistic outside the
 model) may define `state_dict() -> dict` (tensors and plain values) and
@@ -20,20 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from harness.api import MemoryStats
-from harness.checkpoint import (
-    ResumableBatches,
-    capture_rng,
-    checkpoint_dir,
-    load_newest,
-    restore_rng,
-    timer_state,
-    to_cpu,
-)
+from harness.checkpoint import load_newest
 from harness.checkpoint_dist import engine_problem, state_for_rank
-from harness.config import RunConfig, config_to_dict
+from harness.config import RunConfig
 from harness.errors import UsageError
 
 # Options that may differ on resume: they do not change what the run computes.
@@ -108,78 +97,6 @@ def check_world_size(run_dir: Path, record: dict[str, Any], world_size: int) -> 
         raise UsageError(f"--resume {run_dir}: options differ from the recorded run "
                          f"(world_size: recorded {recorded}, given {world_size}); resume "
                          f"with {hint} (x --nnodes), as recorded")
-
-
-def training_state(run: Any, host_model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                   scaler: Any, batches: ResumableBatches, pending: list, timer: Any,
-                   window_memory: MemoryStats | None, elapsed_s: float,
-                   with_weights: bool = True) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly after `run.step` (CPU tensors and
-    plain values only). `with_weights=False`: no model and optimizer (the other ranks of a
-    DDP run, whose copies are rank 0's; a DeepSpeed engine, which saves its own)."""
-    wl = run.workload
-    own_state = getattr(wl, "state_dict", None)
-    weights: dict[str, Any] = {}
-    if with_weights:
-        weights = {"model": to_cpu(host_model.state_dict()),
-                   "optimizer": to_cpu(optimizer.state_dict())}
-    return {
-        "workload": run.config.workload, "step": run.step, "epoch": run.epoch,
-        "workload_config": config_to_dict(wl.config),  # so `harness eval --checkpoint` reads it
-        "micro_steps": run.micro_steps, "total_steps": run.total_steps,
-        **weights,
-        "scheduler": None if scheduler is None else to_cpu(scheduler.state_dict()),
-        "scaler": None if scaler is None else to_cpu(scaler.state_dict()),
-        "data": batches.state_dict(),
-        "rng": capture_rng(run.backend.device_type),
-        "workload_state": to_cpu(own_state()) if callable(own_state) else None,
-        "pending": [{"step": s, "terms": to_cpu(t), "grad_norm": to_cpu(g)}
-                    for s, t, g in pending],
-        "losses": list(run.losses), "evals": list(run.evals),
-        "model_info": run.model_info,
-        "timer": timer_state(timer),
-        "memory": None if window_memory is None else dataclasses.asdict(window_memory),
-        "elapsed_s": elapsed_s,
-    }
-
-
-def restore_training(state: dict[str, Any], run: Any, host_model: torch.nn.Module,
-                     optimizer: Any, scheduler: Any, scaler: Any, batches: ResumableBatches,
-                     device: torch.device) -> tuple[list, MemoryStats | None]:
-    """Put a checkpoint's state back; returns the pending log entries and the memory peaks.
-    The RNG states are restored by `batches` once it has reached the checkpoint's position
-    (reading the consumed batches may draw random numbers)."""
-    if state["total_steps"] != run.total_steps:
-        raise UsageError(f"checkpoint was written for {state['total_steps']} steps, this run "
-                         f"has {run.total_steps}")
-    if state.get("engine") is not None:  # DeepSpeed: model, masters, optimizer from its files
-        engine = state["engine"]
-        run.strategy.load_engine_checkpoint(checkpoint_dir(run.out_dir) / engine["dir"],
-                                            engine["tag"])
-    else:
-        host_model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    if state.get("workload_state") is not None:
-        loader = getattr(run.workload, "load_state_dict", None)
-        if not callable(loader):
-            raise UsageError(f"checkpoint holds workload state but workload "
-                             f"{run.config.workload} has no load_state_dict()")
-        loader(state["workload_state"])
-    run.step, run.epoch, run.micro_steps = state["step"], state["epoch"], state["micro_steps"]
-    run.losses, run.evals = list(state["losses"]), list(state["evals"])
-    run.model_info = state["model_info"]
-    batches.load_state_dict(state["data"])
-    device_type = run.backend.device_type
-    batches.on_position = lambda: restore_rng(state["rng"], device_type)
-    pending = [(p["step"], {k: v.to(device) for k, v in p["terms"].items()},
-                None if p["grad_norm"] is None else p["grad_norm"].to(device))
-               for p in state["pending"]]
-    memory = None if state.get("memory") is None else MemoryStats(**state["memory"])
-    return pending, memory
 
 
 def resume_checkpoint(config: RunConfig, run_dir: Path | None

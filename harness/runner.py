@@ -155,36 +155,17 @@ def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
 
 
 def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+    from harness.checkpoint import to_cpu
+
+    return to_cpu(obj)
 
 
 def save_checkpoint(run: Run, path: Path) -> None:
-    """Final weights and optimizer state, on the CPU so any backend can load them."""
-    state = {"model": _to_cpu(run.trained_model.state_dict()), "step": run.step,
-             "workload": run.config.workload, "workload_config": config_to_dict(run.workload.config)}
-    try:
-        state["optimizer"] = _to_cpu(run.optimizer.state_dict())
-    except Exception:  # noqa: BLE001 - some engines keep optimizer state elsewhere
-        pass
-    # A unique temp name (two writers never share one), removed if the save fails.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the weights from the group
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError) and shutil.disk_usage(path.parent).free < 2**20:
-            # torch's zip writer reports a full disk as "unexpected pos ..."; say what it is.
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
-        raise
+    """Final weights and optimizer state, on the CPU so any backend can load them; written
+    by the checkpoint manager (harness/checkpointing.py), through its one atomic writer."""
+    from harness.checkpointing import final_checkpoint
+
+    final_checkpoint(run, config_to_dict(run.workload.config), path.parent).write(path)
 
 
 def _finish_record(run: Run, record: Record) -> None:

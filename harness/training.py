@@ -3,24 +3,25 @@
 Hot-path rules: no `.item()` and no device sync per step; loss terms and grad norms stay
 on the device and are read once per log interval, where non-finite values are also caught.
 The timed window (harness/timing.py) holds training steps only: it pauses, synchronized,
-around logging and evaluation, and (host time only) around the per-step observer hook.
+around logging, evaluation and checkpoints; the host time of every step (the per-step
+observer hook, the stop agreement between ranks) stays inside it.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from harness.checkpoint import ResumableBatches, make_timer
-from harness.checkpoint_dist import write_checkpoint
+from harness.checkpoint import ResumableBatches, to_cpu
+from harness.checkpointing import training_checkpoints
 from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
+from harness.timing import ResumedTimer
 
 if TYPE_CHECKING:
     from harness.api import Backend, MemoryStats, Run, Workload
@@ -63,152 +64,249 @@ def train(run: Run, loader: DataLoader, device: torch.device, hooks: Any,
           evaluate_now: Callable[[torch.nn.Module], Any], *,
           resume_state: dict[str, Any] | None = None, checkpoint_interval: int = 0,
           keep_checkpoints: int = 2, progress: dict[str, Any] | None = None) -> None:
-    """Train `run.workload` for `run.total_steps` optimizer steps on the batches of `loader`.
+    """Train `run.workload` for `run.total_steps` optimizer steps on the batches of `loader`
+    (a `Trainer`: see there for the arguments). Progress, losses, the timer and the trained
+    model are left on `run` for the runner and the observers."""
+    trainer = Trainer(run, loader, device, hooks, evaluate_now,
+                      checkpoint_interval=checkpoint_interval,
+                      keep_checkpoints=keep_checkpoints, progress=progress)
+    trainer.build(resume_state)
+    trainer.fit()
+
+
+Pending = tuple[int, dict[str, torch.Tensor], Optional[torch.Tensor]]
+
+
+class Trainer:
+    """The training loop of one run, in the order a step happens: `accumulate` the
+    micro-batches' gradients, `step` the optimizer, then at log, evaluation and checkpoint
+    steps `log`, `evaluate` and `checkpoint` with the timed window paused.
 
     `hooks`: the plugin manager's hook relay (harness_run_start, harness_step_end).
-    `evaluate_now(model)`: the interval evaluation (--eval-interval), called between steps
-    with the timed window paused. Progress, losses, the timer and the trained model are
-    left on `run` for the runner and the observers.
-    `resume_state`: a periodic checkpoint to continue from (harness/resume.py);
+    `evaluate_now(model)`: the interval evaluation (--eval-interval), called between steps.
     `checkpoint_interval`: write <out>/checkpoints/step_<N>.pt every N steps (0: never),
     keeping the newest `keep_checkpoints`. `progress`: updated with the current step and
-    phase (forward/backward/optimizer/evaluation), for the record of a failure (OOM).
-    """
-    from harness.resume import restore_training, training_state
+    phase (forward/backward/optimizer/evaluation) for the record of a failure (OOM), and
+    read for a stop request (the runner's first Ctrl-C).
 
-    progress = progress if progress is not None else {}
-    cfg, wl, backend, strategy = run.config, run.workload, run.backend, run.strategy
-    if len(loader) == 0:
-        raise UsageError(f"training split has fewer samples than one batch "
-                         f"({len(loader.dataset)} < {loader.batch_size}); "  # type: ignore[arg-type]
-                         f"lower --batch-size")
-    run.steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
-    run.total_steps = total_steps(cfg, wl.config, run.steps_per_epoch)
-    stream = ResumableBatches(loader, run)
-    batches: Iterator[Any] = iter(stream)
-    if resume_state is None:
-        first = next(batches)  # also the batch the FLOPs are counted on
-        batches = itertools.chain([first], batches)
-        host_model = wl.build_model()
-        run.model_info = count_training(host_model, wl, to_device(first, device), backend,
-                                        device, cfg.precision)
-    else:  # the FLOPs were counted by the first segment; no batch is read before the restore
-        host_model = wl.build_model()
-    model = host_model.to(device)
-    optimizer = wl.build_optimizer(model)
-    scheduler = wl.build_scheduler(optimizer, run.total_steps)
-    model = backend.prepare_model(model)
-    model, optimizer = strategy.wrap(model, optimizer, cfg)
-    run_model = model
-    scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
-    grad_clip = getattr(wl.config, "grad_clip", None)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
-    window_memory: MemoryStats | None = None  # peaks of the window before an evaluation
-    pending: list[tuple[int, dict[str, torch.Tensor], torch.Tensor | None]] = []
-    if resume_state is not None:
-        pending, window_memory = restore_training(resume_state, run, host_model, optimizer,
-                                                  scheduler, scaler, stream, device)
-    start = run.step
-    # A resumed segment repeats the warmup (excluded from the timed steps).
-    warmup = max(0, min(warmup, run.total_steps - start - 1))
-    run.timer = timer = make_timer(start + warmup, warmup, backend.synchronize,
-                                   None if resume_state is None else resume_state["timer"])
-    if resume_state is not None:  # duration_s counts every segment
-        run.started = time.time() - float(resume_state["elapsed_s"])
-    hooks.harness_run_start(run=run)
-    model.train()
-    if warmup == 0:
-        backend.reset_peak_memory()
-        timer.open_window()
-    progress["training"] = True  # a first Ctrl-C now finishes the step (runner.py)
-    interval_times: list[tuple[float, float]] = []  # (iter, data) seconds since the last log
-    for step in range(start, run.total_steps):
-        progress["step"] = step + 1
+    Its own state: model, optimizer, scheduler, scaler, the data stream, the clock, and the
+    loss terms not yet logged and the memory peaks so far, which make it a checkpoint piece
+    itself (`keys`, `state_dict`, `load_state_dict`). What the runner and the observers read
+    (step, losses, evaluations, timer, memory, the trained model) is published on `run`.
+    """
+
+    keys = ("pending", "memory")
+
+    def __init__(self, run: Run, loader: DataLoader, device: torch.device, hooks: Any,
+                 evaluate_now: Callable[[torch.nn.Module], Any], *,
+                 checkpoint_interval: int = 0, keep_checkpoints: int = 2,
+                 progress: dict[str, Any] | None = None) -> None:
+        cfg = run.config
+        if len(loader) == 0:
+            raise UsageError(f"training split has fewer samples than one batch "
+                             f"({len(loader.dataset)} < {loader.batch_size}); "  # type: ignore[arg-type]
+                             f"lower --batch-size")
+        self.run, self.device, self.hooks, self.evaluate_now = run, device, hooks, evaluate_now
+        self.checkpoint_interval, self.keep_checkpoints = checkpoint_interval, keep_checkpoints
+        self.progress = progress if progress is not None else {}
+        run.steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+        run.total_steps = total_steps(cfg, run.workload.config, run.steps_per_epoch)
+        self.stream = ResumableBatches(loader, run)
+        self.batches: Iterator[Any] = iter(self.stream)
+        self.timer = ResumedTimer(0, run.backend.synchronize)
+        self.pending: list[Pending] = []  # (step, loss terms, grad norm), on the device
+        self.window_memory: MemoryStats | None = None  # peaks of the window before an eval
+        self.interval_times: list[tuple[float, float]] = []  # (iter, data) s since the last log
+        self.stop_now = False
+        self.start = self.warmup = 0
+
+    # -- setup --
+    def build(self, resume_state: dict[str, Any] | None = None) -> None:
+        """Model, optimizer, scheduler and scaler, the checkpoint pieces, and the state of
+        `resume_state` (a periodic checkpoint, harness/resume.py) put back."""
+        run, wl, backend, strategy = self.run, self.run.workload, self.run.backend, self.run.strategy
+        cfg = run.config
+        if resume_state is None:
+            # The first batch is read before the model is built (the random streams' order)
+            # and is also the batch the FLOPs are counted on.
+            first = next(self.batches)
+            self.batches = itertools.chain([first], self.batches)
+            host_model = wl.build_model()
+            run.model_info = count_training(host_model, wl, to_device(first, self.device),
+                                            backend, self.device, cfg.precision)
+        else:  # the first segment counted the FLOPs; no batch is read before the restore
+            host_model = wl.build_model()
+        model = host_model.to(self.device)
+        optimizer = wl.build_optimizer(model)
+        self.scheduler = wl.build_scheduler(optimizer, run.total_steps)
+        model = backend.prepare_model(model)
+        self.model, self.optimizer = strategy.wrap(model, optimizer, cfg)
+        self.scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
+        self.grad_clip = getattr(wl.config, "grad_clip", None)
+        self.checkpoints = training_checkpoints(
+            run, host_model=host_model, optimizer=self.optimizer, scheduler=self.scheduler,
+            scaler=self.scaler, batches=self.stream, timer=self.timer, loop=self,
+            keep=self.keep_checkpoints)
+        if resume_state is not None:
+            self.checkpoints.load(resume_state)
+        self.start = run.step
+        # A resumed segment repeats the warmup (excluded from the timed steps).
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
+        self.warmup = max(0, min(warmup, run.total_steps - self.start - 1))
+        self.timer.start(self.start + self.warmup, self.warmup)
+        run.timer = self.timer
+
+    # -- the loop --
+    def fit(self) -> None:
+        run = self.run
+        self.hooks.harness_run_start(run=run)
+        self.model.train()
+        if self.warmup == 0:
+            self._open_window()
+        self.progress["training"] = True  # a first Ctrl-C now finishes the step (runner.py)
+        for step in range(self.start, run.total_steps):
+            self.step(step)
+            self.between_steps()
+            if self.stop_now:
+                raise RunInterrupted(f"interrupted: stopped after step {run.step} with a "
+                                     f"checkpoint; continue with: harness run --resume "
+                                     f"{run.out_dir}")
+        self.progress["training"] = False
+        self.timer.close_window()
+        run.memory = _max_memory(self.window_memory, run.backend.memory())
+        run.trained_model = run.strategy.unwrap(self.model)
+        run.optimizer = self.optimizer
+
+    def accumulate(self) -> tuple[dict[str, torch.Tensor], int, float, float]:
+        """Forward and backward over --grad-accum micro-batches: the mean loss terms (on the
+        device), the samples, and the seconds waiting for data and issuing the copies."""
+        run, wl, backend, strategy = self.run, self.run.workload, self.run.backend, self.run.strategy
+        cfg, clock = run.config, self.timer.clock  # data and copy times on the window's clock
         data_time = copy_time = 0.0
         samples = 0
         terms_sum: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t1 = time.perf_counter()
+            t0 = clock()
+            batch = next(self.batches)
+            t1 = clock()
             samples += wl.samples(batch)
-            batch = to_device(batch, device)
+            batch = to_device(batch, self.device)
             data_time += t1 - t0
-            copy_time += time.perf_counter() - t1
-            with strategy.micro_step(run_model, last=micro == cfg.grad_accum - 1):
-                progress["phase"] = "forward"
+            copy_time += clock() - t1
+            with strategy.micro_step(self.model, last=micro == cfg.grad_accum - 1):
+                self.progress["phase"] = "forward"
                 with backend.trace("forward"), backend.autocast(cfg.precision):
-                    terms = wl.loss(run_model, batch)
+                    terms = wl.loss(self.model, batch)
                 loss: torch.Tensor = sum(terms.values())  # type: ignore[assignment]
-                progress["phase"] = "backward"
+                self.progress["phase"] = "backward"
                 with backend.trace("backward"):
-                    strategy.backward(loss, scaler)
+                    strategy.backward(loss, self.scaler)
             backend.after_backward()
             run.micro_steps += 1
             for k, v in terms.items():
                 v = v.detach().float() / cfg.grad_accum
                 terms_sum[k] = terms_sum[k] + v if k in terms_sum else v
-        progress["phase"] = "optimizer"
+        return terms_sum, samples, data_time, copy_time
+
+    def step(self, step: int) -> None:
+        """Optimizer step `step + 1`, ended on the clock (no device sync)."""
+        run, backend, strategy = self.run, self.run.backend, self.run.strategy
+        self.progress["step"] = step + 1
+        terms, samples, data_time, copy_time = self.accumulate()
+        self.progress["phase"] = "optimizer"
         with backend.trace("optimizer"):
-            grad_norm = strategy.optimizer_step(run_model, optimizer, scaler, grad_clip)
+            grad_norm = strategy.optimizer_step(self.model, self.optimizer, self.scaler,
+                                                self.grad_clip)
         backend.after_optimizer_step()
-        if scheduler is not None:
-            scheduler.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         run.step = step + 1
-        iter_time = timer.end_step(step, samples, data_time, copy_time)
-        interval_times.append((iter_time, data_time))
-        pending.append((run.step, terms_sum, None if grad_norm is None else grad_norm.detach()))
-        if run.step == start + warmup and warmup > 0:
-            backend.reset_peak_memory()
-            timer.open_window()
+        # Every rank stops after the same step (under --nproc one host-side all-reduce): part
+        # of the step's time, as the device keeps computing meanwhile.
+        requested = bool(self.progress.get("stop_requested"))
+        self.stop_now = strategy.any_rank(requested) and run.step != run.total_steps
+        iter_time = self.timer.end_step(step, samples, data_time, copy_time)
+        self.interval_times.append((iter_time, data_time))
+        self.pending.append((run.step, terms, None if grad_norm is None else grad_norm.detach()))
+        if run.step == self.start + self.warmup and self.warmup > 0:
+            self._open_window()
+
+    def between_steps(self) -> None:
+        """Log, evaluate and checkpoint where this step calls for it, the clock paused
+        (synchronized: logging reads values, evaluation runs the device, a checkpoint copies
+        it to the host); on other steps the per-step hook runs inside the timed window (its
+        host time counts to the next step)."""
+        run, cfg = self.run, self.run.config
         last = run.step == run.total_steps
         log_now = run.step % cfg.log_interval == 0 or last
         eval_now = bool(cfg.eval_interval) and run.step % cfg.eval_interval == 0 and not last
-        periodic = bool(checkpoint_interval) and run.step % checkpoint_interval == 0 and not last
-        # Logging reads values (a sync anyway), evaluation runs the device and a checkpoint
-        # copies it to the host: they pause the clock synchronized. The per-step hook and the
-        # stop agreement only exclude their host time.
-        timer.pause(synchronize=log_now or eval_now or periodic)
-        # Every rank stops after the same step (under --nproc one host-side all-reduce).
-        stop_now = strategy.any_rank(bool(progress.get("stop_requested"))) and not last
-        ckpt_now = stop_now or periodic
-        if log_now:  # the console shows the interval's means, as the README says
-            _log(run, pending, optimizer,
-                 sum(t for t, _ in interval_times) / len(interval_times),
-                 sum(d for _, d in interval_times) / len(interval_times),
-                 scaled=scaler is not None or strategy.scales_loss)
-            pending = []
-            interval_times = []
+        periodic = (bool(self.checkpoint_interval)
+                    and run.step % self.checkpoint_interval == 0 and not last)
+        ckpt_now = self.stop_now or periodic
+        if log_now or eval_now or ckpt_now:
+            self.timer.pause()
+        if log_now:
+            self.log()
         else:
             run.last_log = None
-        hooks.harness_step_end(run=run, step=run.step)
+        self.hooks.harness_step_end(run=run, step=run.step)
         if eval_now:
-            if timer.is_open:
-                window_memory = _max_memory(window_memory, backend.memory())
-            # Rank 0 evaluates the unwrapped model (DDP's forward would broadcast buffers from
-            # rank 0 alone) while the other ranks wait at a barrier, not in a collective.
-            progress["phase"] = "evaluation"
-            strategy.on_main_only(lambda: evaluate_now(strategy.unwrap(run_model)))
-            model.train()
-            if timer.is_open:
-                backend.synchronize()
-                backend.reset_peak_memory()  # evaluation's peak is not training's
+            self.evaluate()
         if ckpt_now:  # last in the step: the RNG states are those the next step starts from
-            memory_now = _max_memory(window_memory, backend.memory()) if timer.is_open else (
-                window_memory)
-            # Every rank takes part (per-rank shares, DeepSpeed's engine); rank 0 writes.
-            write_checkpoint(run, functools.partial(
-                training_state, run, host_model, optimizer, scheduler, scaler, stream, pending,
-                timer, memory_now, time.time() - run.started), keep_checkpoints)
-        timer.resume()
-        if stop_now:
-            raise RunInterrupted(f"interrupted: stopped after step {run.step} with a checkpoint; "
-                                 f"continue with: harness run --resume {run.out_dir}")
-    progress["training"] = False
-    timer.close_window()
-    run.memory = _max_memory(window_memory, backend.memory())
-    run.trained_model = strategy.unwrap(run_model)
-    run.optimizer = optimizer
+            self.checkpoint()
+        self.timer.resume()
+
+    def log(self) -> None:
+        """The interval's loss row (the console shows the interval's means, as the README
+        says); stops on the first non-finite value."""
+        times = self.interval_times
+        _log(self.run, self.pending, self.optimizer, sum(t for t, _ in times) / len(times),
+             sum(d for _, d in times) / len(times),
+             scaled=self.scaler is not None or self.run.strategy.scales_loss)
+        self.pending = []
+        self.interval_times = []
+
+    def evaluate(self) -> None:
+        """The interval evaluation: rank 0 evaluates the unwrapped model (DDP's forward would
+        broadcast buffers from rank 0 alone) while the other ranks wait at a barrier, not in
+        a collective. Its memory peak is not training's."""
+        backend, strategy = self.run.backend, self.run.strategy
+        if self.timer.is_open:
+            self.window_memory = _max_memory(self.window_memory, backend.memory())
+        self.progress["phase"] = "evaluation"
+        strategy.on_main_only(lambda: self.evaluate_now(strategy.unwrap(self.model)))
+        self.model.train()
+        if self.timer.is_open:
+            backend.synchronize()
+            backend.reset_peak_memory()
+
+    def checkpoint(self) -> None:
+        """checkpoints/step_<N>.pt: every rank takes part (per-rank shares, DeepSpeed's
+        engine); rank 0 writes."""
+        self.checkpoints.save(self.run.step)
+
+    def _open_window(self) -> None:
+        self.run.backend.reset_peak_memory()
+        self.timer.open_window()
+
+    # -- the loop's own checkpoint piece --
+    def state_dict(self) -> dict[str, Any]:
+        memory = self.window_memory
+        if self.timer.is_open:
+            memory = _max_memory(memory, self.run.backend.memory())
+        return {"pending": [{"step": s, "terms": to_cpu(t), "grad_norm": to_cpu(g)}
+                            for s, t, g in self.pending],
+                "memory": None if memory is None else dataclasses.asdict(memory)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from harness.api import MemoryStats
+
+        device = self.device
+        self.pending = [(p["step"], {k: v.to(device) for k, v in p["terms"].items()},
+                         None if p["grad_norm"] is None else p["grad_norm"].to(device))
+                        for p in state["pending"]]
+        memory = state.get("memory")
+        self.window_memory = None if memory is None else MemoryStats(**memory)
 
 
 def _log(run: Run, pending: list, optimizer: Any, iter_time: float, data_time: float,
