@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shlex
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.records import Record
+from harness.atomic import atomic_write
 from harness.checking import config_diff
 from harness.directions import metric_directions
 from harness.errors import UsageError
+from harness.records import Record
 from harness.reference import (
     COLUMNS,
     MEMORY_METRIC,
@@ -40,21 +39,12 @@ PERF_REL_FLOOR = {"fps": 0.25, MEMORY_METRIC: 0.10}  # shared CI hosts: speed is
 
 
 def write_table(path: Path, rows: Sequence[RefRow]) -> None:
-    """Write the whole table atomically (temp file in the same folder, then rename)."""
+    """Write the whole table through the one atomic writer (harness/atomic.py)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     writer.writerows(r.as_csv() for r in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(buf.getvalue())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a table is read by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
 
 
 def command_of(record: Record) -> str:

@@ -24,13 +24,13 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from harness.atomic import atomic_write, fsync_path
 from harness.errors import UsageError
 from harness.safe_load import safe_torch_load
 
@@ -155,31 +155,16 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
 
 
 def write_atomic(state: Any, path: Path) -> None:
-    """torch.save `state` to `path` so that `path` is either the old file or the complete new
-    one, also across a power loss: a unique temp file beside it (two writers never share
-    one; readable as the umask allows, not mkstemp's 0600), fsync, rename, folder fsync. On
-    failure the temp file is removed; torch's zip writer reports a full disk as "unexpected
-    pos ...", which is raised as the ENOSPC it is."""
+    """torch.save `state` to `path` through the one atomic writer (harness/atomic.py): `path`
+    is the old file or the complete new one. torch's zip writer reports a full disk as
+    "unexpected pos ...", which is raised as the ENOSPC it is."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-        finally:
-            os.close(fd)
-        torch.save(state, tmp)
-        _fsync(tmp, os.O_RDONLY)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError) and shutil.disk_usage(path.parent).free < 2**20:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except RuntimeError as exc:
+        if shutil.disk_usage(path.parent).free < 2**20:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
-    try:  # the rename itself survives a power loss once the folder is synced
-        _fsync(path.parent, os.O_RDONLY)
-    except OSError:
-        pass
 
 
 def fsync_tree(folder: Path) -> None:
@@ -191,26 +176,14 @@ def fsync_tree(folder: Path) -> None:
         return
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            _fsync(path, os.O_RDONLY)
+            fsync_path(path)
     for path in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder, folder.parent]:
         try:
-            _fsync(path, os.O_RDONLY)
+            fsync_path(path)
         except OSError:
             pass
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _fsync(path: Path | str, flags: int) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_periodic(state: dict[str, Any], out_dir: Path, step: int, keep: int) -> Path:

@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config = RunConfig(**config_values(RunConfig, args),
                        plugin_options=tuple((d, getattr(args, d)) for d in args._plugin_dests))
     record = execute(config, overwrite=args.overwrite)
-    return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
+    return EXIT_OK if record.status == "ok" else EXIT_FAILED
 
 
 def _resume(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -188,7 +188,7 @@ def _resume(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if launcher:
         return _relaunch_distributed(args, argv)
     record = execute(config, resume=args.resume)
-    return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
+    return EXIT_OK if record.status == "ok" else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,8 +64,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     validate_eval_numbers(args)
     cfg = EvalConfig(**config_values(EvalConfig, args))
     record = run_eval(cfg, overwrite=args.overwrite)
-    tp = record.get("throughput") or {}
-    parts = [f"status {record['status']}"]
+    tp = record.throughput
+    parts = [f"status {record.status}"]
     if tp.get("samples_per_s"):
         parts.append(f"{tp['samples_per_s']:.2f} samples/s (batch {tp.get('batch_size')})")
     if tp.get("latency_s_p50") is not None:
@@ -73,13 +73,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      f"p90 {tp['latency_s_p90'] * 1e3:.1f} ms")
     if tp.get("postprocess_s_p50") is not None:
         parts.append(f"of which postprocess p50 {tp['postprocess_s_p50'] * 1e3:.1f} ms")
-    agree = record.get("raw_output_agreement")
+    agree = record.raw_output_agreement
     if agree:
         parts.append(f"vs PyTorch: max abs diff {agree['max_abs_diff']:.3g}, decoded differ "
                      f"{agree['decoded']['fraction_differ']:.1%}")
-    print("[harness] " + ", ".join(parts) + f"; record {record['out_dir']}/record.json",
+    print("[harness] " + ", ".join(parts) + f"; record {record.out_dir}/record.json",
           flush=True)
-    return EXIT_OK if record["status"] == "ok" else EXIT_FAILED
+    return EXIT_OK if record.status == "ok" else EXIT_FAILED
 
 
 def add_eval(sub: Any, full: bool = True) -> None:

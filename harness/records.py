@@ -16,11 +16,12 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Iterator
+
+from harness.atomic import atomic_write
 
 SCHEMA = "perception-harness/run-record/2"
 # Schema 1 (before the typed record): the same fields plus `data_source`, a copy of
@@ -47,28 +48,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; a record is as readable as the run's other files.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as fh:
+    """Write `data` as JSON through the one atomic writer (harness/atomic.py)."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(_json_safe(data), fh, indent=2, sort_keys=False)
             fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(Path(path), dump)
 
 
 def _now() -> str:

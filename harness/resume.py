@@ -13,7 +13,6 @@ number of processes; DeepSpeed's model and optimizer come back through its engin
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from harness.checkpoint import load_newest
 from harness.checkpoint_dist import engine_problem, state_for_rank
 from harness.config import RunConfig
 from harness.errors import UsageError
+from harness.records import Record, read_record
 
 # Options that may differ on resume: they do not change what the run computes.
 _MAY_DIFFER = {"checkpoint_interval", "keep_checkpoints", "out"}
@@ -37,20 +37,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def recorded_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+def recorded_config(run_dir: Path) -> tuple[RunConfig, Record]:
     """The RunConfig the record in `run_dir` names, and the record itself."""
     path = Path(run_dir) / "record.json"
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: no record.json there (not a run folder)")
     try:
-        record = json.loads(path.read_text())
-        saved = dict(record["config"]["run"])
-    except (ValueError, KeyError, TypeError) as exc:
+        record = read_record(path)
+    except UsageError as exc:
         raise UsageError(f"--resume {run_dir}: unreadable record.json ({exc})") from None
-    if record.get("kind", "train") != "train":
-        raise UsageError(f"--resume {run_dir}: the record is a {record.get('kind')} record")
-    if record.get("status") == "ok":
-        last = record.get("throughput", {}).get("optimizer_steps")
+    saved = record.run_config()
+    if record.kind != "train":
+        raise UsageError(f"--resume {run_dir}: the record is a {record.kind} record")
+    if record.status == "ok":
+        last = record.throughput.get("optimizer_steps")
         raise UsageError(f"--resume {run_dir}: that run already finished (status ok"
                          f"{f' at step {last}' if last is not None else ''}); nothing to resume")
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -69,7 +69,7 @@ def recorded_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     return RunConfig(**kwargs), record
 
 
-def resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+def resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, Record]:
     """The recorded config with the harmless options in `given` applied; options given on
     the command line that would change the run are refused with the differing keys."""
     config, record = recorded_config(run_dir)
@@ -88,10 +88,10 @@ def find_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
     return load_newest(run_dir, lambda state: engine_problem(run_dir, state))
 
 
-def check_world_size(run_dir: Path, record: dict[str, Any], world_size: int) -> None:
+def check_world_size(run_dir: Path, record: Record, world_size: int) -> None:
     """A resumed run has as many processes as the recorded one (exit 2 otherwise): the data
     shards, RNG streams and per-rank workload states belong to those ranks."""
-    recorded = int(record.get("world_size") or 1)
+    recorded = record.world_size or 1
     if recorded != world_size:
         hint = f"--nproc {recorded}" if recorded > 1 else "no --nproc"
         raise UsageError(f"--resume {run_dir}: options differ from the recorded run "
@@ -128,13 +128,13 @@ def continued_record(run_dir: Path, state: dict[str, Any] | None, note: str) -> 
     own = Path(run_dir) / f"record.rank{rank}.json"
     if rank != 0 and own.is_file():
         try:
-            old = json.loads(own.read_text())
-        except ValueError:
+            old = read_record(own)
+        except UsageError:
             pass  # unreadable: rank 0's fields will do for the record's history
     assert state is not None
-    resumed = list(old.get("resumed_from") or [])
+    resumed = list(old.resumed_from or [])
     resumed.append({"step": int(state["step"]),
                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "previous_status": old.get("status"), "note": note})
-    return {"started_at": old.get("started_at"), "resumed_from": resumed,
+                    "previous_status": old.status, "note": note})
+    return {"started_at": old.started_at, "resumed_from": resumed,
             "losses": list(state["losses"]), "evals": list(state["evals"])}

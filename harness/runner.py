@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +33,7 @@ from harness.prepare import (  # noqa: F401 - re-exported: the names callers use
     resolve_workload_config,
     setup_run,
 )
-from harness.records import Record, _umask, environment
+from harness.records import Record, environment
 from harness.resume import continued_record as _continued_record
 from harness.resume import resume_checkpoint as _resume_checkpoint
 from harness.strategies import Strategy
@@ -152,12 +149,6 @@ def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
         record.metrics = result.metrics
         record.predictions = write_predictions(run.workload, result.predictions, run.out_dir)
         pm.hook.harness_eval_end(run=run, metrics=result.metrics)
-
-
-def _to_cpu(obj: Any) -> Any:
-    from harness.checkpoint import to_cpu
-
-    return to_cpu(obj)
 
 
 def save_checkpoint(run: Run, path: Path) -> None:

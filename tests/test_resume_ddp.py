@@ -139,8 +139,13 @@ def test_world_size_must_match_the_record_and_the_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.checkpoint_dist import state_for_rank
     from harness.errors import UsageError
+    from harness.records import Record
     from harness.resume import check_world_size
     from harness.strategies import DDPStrategy
+
+    def _record_of(world_size: int) -> Record:
+        return Record(kind="train", workload="tiny", scale="smoke", backend="cpu", mode="eager",
+                      precision="fp32", world_size=world_size)
 
     # The record's first write (all a SIGKILLed run leaves) comes before the strategy's setup:
     # it must already name the launcher's world size.
@@ -148,8 +153,8 @@ def test_world_size_must_match_the_record_and_the_checkpoint(
     assert DDPStrategy().world_size == 2
 
     with pytest.raises(UsageError, match="world_size: recorded 1, given 2"):
-        check_world_size(tmp_path, {"world_size": 1}, 2)
-    check_world_size(tmp_path, {"world_size": 2}, 2)
+        check_world_size(tmp_path, _record_of(world_size=1), 2)
+    check_world_size(tmp_path, _record_of(world_size=2), 2)
     state = {"step": 3, "model": {}, "world_size": 2,
              "ranks": [{"rng": "r0", "losses": [0]}, {"rng": "r1", "losses": [1]}]}
     assert state_for_rank(state, 1, 2, tmp_path) == {"step": 3, "model": {}, "rng": "r1",
