@@ -76,7 +76,6 @@ def execute(config: RunConfig, resume: Path | None = None,
     (`config` is then that run's recorded config, see harness/resume.py).
     `overwrite`: an --out folder holding a previous run is cleared instead of refused.
     """
-    resume_state, resume_note = _resume_checkpoint(config, resume)
     prepared = resolve_run(config)
     pm = plugins.get_plugin_manager()
     pm.hook.harness_configure(config=config)
@@ -87,6 +86,9 @@ def execute(config: RunConfig, resume: Path | None = None,
                               main=rank == 0)
     writer = RecordWriter(out_dir / ("record.json" if rank == 0 else f"record.rank{rank}.json"))
     try:
+        # After the claim: a refused resume (the run is still going) must not touch its
+        # checkpoints folder (finding the newest removes torn temp files) nor say "resuming".
+        resume_state, resume_note = _resume_checkpoint(config, resume)
         run = Run(config, prepared.workload, prepared.backend, prepared.strategy, out_dir)
         record = _base_record(run)
         if resume is not None:

@@ -100,3 +100,34 @@ def test_run_and_eval_records_have_the_same_shape(checkpoint: Path, tmp_path: Pa
     for rec in (run, on_disk):
         assert rec.env["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR",
                                              "VSX", "SVE256", "NO AVX")
+
+
+def test_a_refused_resume_leaves_the_live_runs_folder_alone(
+        tiny: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The folder is claimed before the checkpoint is looked for: a resume refused because
+    the run is still going removes none of its half-written temp files and says nothing
+    about resuming."""
+    import json
+    import subprocess
+
+    from harness.errors import UsageError
+    from harness.outdir import LOCK_NAME
+
+    out = tmp_path / "r"
+    execute(RunConfig(workload="tiny", steps=4, out=out, checkpoint_interval=2, eval=False))
+    raw = json.loads((out / "record.json").read_text())
+    (out / "record.json").write_text(json.dumps({**raw, "status": "running"}))
+    torn = out / "checkpoints" / ".step_6.pt.abc123.tmp"  # the live run is writing step 6
+    torn.write_bytes(b"half")
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / LOCK_NAME).write_text(f"{live.pid}\n")
+        capsys.readouterr()
+        with pytest.raises(UsageError, match="in use by another run"):
+            execute(RunConfig(workload="tiny", steps=4, out=out), resume=out)
+    finally:
+        live.kill()
+        live.wait()
+    assert torn.read_bytes() == b"half"
+    assert "resuming" not in capsys.readouterr().err
+    assert json.loads((out / "record.json").read_text())["status"] == "running"
