@@ -11,17 +11,21 @@ import pytest
 from harness.config import RunConfig
 from harness.console import eta, format_line
 from harness.runner import execute
+from tests.fake_clock import use_fake_clock
 
 
-def test_logged_iter_time_is_the_interval_mean(tmp_path: Path) -> None:
-    # Every 4th step sleeps 0.4 s: a last-step value would read 0.4 s or ~0 s, the mean ~0.1 s.
+def test_logged_iter_time_is_the_interval_mean(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every 4th step "sleeps" 0.4 s on the fake clock: a last-step value would read 0.4 s or
+    # 0 s, the mean 0.1 s.
+    use_fake_clock(monkeypatch)
     record = execute(RunConfig(workload="tiny", out=tmp_path / "r", checkpoint=False, eval=False,
                                steps=8, warmup_steps=0, log_interval=4,
                                overrides=("sleep_s=0.4", "sleep_every=4")))
     rows = record["losses"]
     assert [r["step"] for r in rows] == [4, 8]
     for row in rows:
-        assert row["iter_time"] == pytest.approx(0.1, abs=0.05)
+        assert row["iter_time"] == pytest.approx(0.1, abs=1e-3)
 
 
 def test_first_step_time_is_that_steps(tmp_path: Path) -> None:
