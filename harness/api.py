@@ -123,6 +123,11 @@ class Backend(ABC):
         raise UsageError(f"backend {cls.name} has no emulated device (--emulate is for npu/hpu)")
 
     @classmethod
+    def can_emulate(cls) -> bool:
+        """Whether this backend overrides emulate() (offers `--emulate`)."""
+        return cls.emulate.__func__ is not Backend.emulate.__func__  # type: ignore[attr-defined]
+
+    @classmethod
     def environment(cls, mode: str) -> dict[str, str]:
         """Variables to set before the vendor runtime is imported (e.g. PT_HPU_LAZY_MODE)."""
         return {}
@@ -199,11 +204,6 @@ class Backend(ABC):
         """How tables name what ran (the agreement check's "test" side): the backend's name,
         plus what it ran on where that is chosen at run time (ONNX Runtime's providers)."""
         return self.name
-
-    def memory_limit_bytes(self) -> int | None:
-        """The device memory a run may use, where the vendor says (for an OOM's figures);
-        None where unknown."""
-        return None
 
     # -- inference-only backends (inference_only = True) --
     def load_graph(self, onnx_path: Path, torch_model: torch.nn.Module, out_spec: Any,

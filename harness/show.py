@@ -62,8 +62,13 @@ def drawers() -> dict[str, Drawer]:
     for name in DRAWING_BUILTINS:
         pm.register(importlib.import_module(name), name=name)
     for ep in metadata.entry_points(group=DRAWING_ENTRY_POINT_GROUP):
-        if not pm.has_plugin(ep.name):
+        if pm.has_plugin(ep.name):
+            continue
+        try:
             pm.register(ep.load(), name=ep.name)
+        except (Exception, SystemExit) as exc:  # a broken plugin names itself, never vanishes
+            raise UsageError(f"drawing plugin {ep.name!r} (entry point {ep.value}) failed to "
+                             f"load: {exc!r}") from exc
     found: dict[str, Drawer] = {}
     for provided in reversed(pm.hook.harness_show_drawers()):  # registration order
         for fmt, draw in provided.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, TypeVar
 
 import torch
@@ -151,20 +150,6 @@ class Strategy:
         value = value.detach().clone()
         dist.all_reduce(value)
         return value / self.world_size
-
-    # -- strategies whose engine writes model and optimizer itself (DeepSpeed) --
-    def saves_through_engine(self) -> bool:
-        """True where the strategy overrides save_engine_checkpoint(): the checkpoint then
-        holds the engine's folder and tag instead of the model and optimizer."""
-        return type(self).save_engine_checkpoint is not Strategy.save_engine_checkpoint
-
-    def save_engine_checkpoint(self, folder: Path, tag: str) -> None:
-        """Write the engine's own checkpoint (model, master weights, optimizer) as `tag`."""
-        raise NotImplementedError(f"strategy {self.name} has no engine checkpoint")
-
-    def load_engine_checkpoint(self, folder: Path, tag: str) -> None:
-        """Load what save_engine_checkpoint() wrote as `tag`."""
-        raise NotImplementedError(f"strategy {self.name} has no engine checkpoint")
 
     def teardown(self) -> None:
         pass
