@@ -30,12 +30,13 @@ RAW_RTOL, RAW_ATOL = 1e-3, 1e-5
 
 def splits_forward(workload: Workload) -> bool:
     """Whether the workload offers the optional eval split of predict() (Workload's
-    `forward_for_eval` + `postprocess`, see there)."""
-    return workload.splits_predict()
+    `forward_for_eval` + `postprocess`, see there). An object that only looks like a
+    workload (a test's stand-in with predict()) is not a Workload and has no split."""
+    return isinstance(workload, Workload) and workload.splits_predict()
 
 
 def predict_batch(workload: Workload, model: Any, batch: Any) -> list[Any]:
-    if workload.splits_predict():
+    if splits_forward(workload):
         return workload.postprocess(model, workload.forward_for_eval(model, batch), batch)
     return workload.predict(model, batch)
 
