@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from harness import Backend, Capabilities, MemoryStats, Probe, UsageError, hookimpl
 from harness.memory import host_rss_peak_bytes, reset_host_rss_peak
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                        "ROCMExecutionProvider", "OpenVINOExecutionProvider",
@@ -125,6 +128,9 @@ class OnnxRuntimeBackend(Backend):
                                  f"input size? re-export with this config)")
         return GraphModule(session, torch_model, out_spec)
 
+    def label(self) -> str:
+        return f"{self.name} ({', '.join(self.providers or ['?'])})"
+
     def synchronize(self) -> None:
         # session.run returns when the outputs are on the host: nothing stays queued.
         pass
@@ -153,12 +159,13 @@ def harness_backends() -> list[type[Backend]]:
 
 
 @hookimpl
-def harness_configure(config: Any) -> None:
+def harness_configure(config: RunConfig) -> None:
     """`harness run` configures plugins before a run starts: refuse inference-only backends."""
     from harness import plugins
 
-    backend = getattr(config, "backend", None)
-    if backend and getattr(plugins.backends().get(backend), "inference_only", False):
+    backend = config.backend
+    backend_cls = plugins.backends().get(backend)
+    if backend_cls is not None and backend_cls.inference_only:
         raise UsageError(f"backend {backend} is inference-only and cannot train; train on a "
                          f"training backend, then `harness export` and `harness eval "
                          f"--backend {backend}`")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 import torch
 
 from harness.errors import UsageError
+from harness.workload_config import WorkloadConfig
 
 if TYPE_CHECKING:
     from harness.config import RunConfig
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("eager", "lazy", "compile")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+__all__ = ["AUTOCAST_DTYPES", "MODES", "PRECISIONS", "Backend", "Capabilities", "Datasets",
+           "MemoryStats", "Probe", "Run", "Workload", "WorkloadConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,9 @@ class Backend(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     # torch device type string ("cpu", "cuda", "npu", "hpu").
     device_type: ClassVar[str]
+    # True for a backend that runs an exported graph (load_graph) and cannot train: `harness
+    # eval` exports or loads the graph for it, `harness run` refuses it.
+    inference_only: ClassVar[bool] = False
 
     def __init__(self, mode: str = "", emulated: bool = False) -> None:
         self.mode = mode or self.capabilities.default_mode
@@ -114,6 +121,11 @@ class Backend(ABC):
         For portability dry runs (`--emulate`) and tests without the hardware.
         """
         raise UsageError(f"backend {cls.name} has no emulated device (--emulate is for npu/hpu)")
+
+    @classmethod
+    def can_emulate(cls) -> bool:
+        """Whether this backend overrides emulate() (offers `--emulate`)."""
+        return cls.emulate.__func__ is not Backend.emulate.__func__  # type: ignore[attr-defined]
 
     @classmethod
     def environment(cls, mode: str) -> dict[str, str]:
@@ -188,6 +200,19 @@ class Backend(ABC):
     def close(self) -> None:
         """Release anything setup() acquired (warning filters, profilers)."""
 
+    def label(self) -> str:
+        """How tables name what ran (the agreement check's "test" side): the backend's name,
+        plus what it ran on where that is chosen at run time (ONNX Runtime's providers)."""
+        return self.name
+
+    # -- inference-only backends (inference_only = True) --
+    def load_graph(self, onnx_path: Path, torch_model: torch.nn.Module, out_spec: Any,
+                   example_args: tuple[torch.Tensor, ...]) -> torch.nn.Module:
+        """A module running the exported graph at `onnx_path` in place of `torch_model`
+        (same call, outputs in `out_spec`'s structure). Only inference-only backends run
+        graphs; the others run the PyTorch model itself."""
+        raise UsageError(f"backend {self.name} runs PyTorch models, not exported graphs")
+
 
 @dataclasses.dataclass
 class Datasets:
@@ -206,7 +231,7 @@ class Workload(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    Config: ClassVar[type]  # a frozen dataclass
+    Config: ClassVar[type]  # a frozen dataclass deriving from WorkloadConfig
     # metric name -> "higher" or "lower" (which direction is better)
     metrics: ClassVar[Mapping[str, str]] = {}
     primary_metric: ClassVar[str] = ""
@@ -215,10 +240,16 @@ class Workload(ABC):
     extra: ClassVar[str] = ""
 
     def __init__(self, config: Any, user_set: frozenset[str] = frozenset()) -> None:
-        self.config = config
+        from harness.strategies import Strategy
+
+        self.config: WorkloadConfig = config
         # Config fields the user set explicitly (--set keys, --batch-size...): datasets() may
         # replace the others with values taken from the data, never these.
         self.user_set = frozenset(user_set)
+        # The run's strategy; the host sets it before data and model are built. Cross-rank
+        # reductions inside the loss (a normaliser averaged over ranks) go through it, so a
+        # workload never calls torch.distributed itself. A single process until then.
+        self.strategy: Strategy = Strategy()
 
     @classmethod
     @abstractmethod
@@ -274,6 +305,45 @@ class Workload(ABC):
         """What FPS counts in a batch (images, multi-camera frames); no device sync."""
         first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
         return int(first.shape[0])
+
+    # -- optional: predict() split in two, so `harness eval` times the network apart --
+    def forward_for_eval(self, model: torch.nn.Module, batch: Any) -> Any:
+        """The network's raw outputs for an eval batch, on the device (what an exported graph
+        computes). Override together with postprocess(), such that
+        postprocess(model, forward_for_eval(model, batch), batch) == predict(model, batch)."""
+        raise NotImplementedError(f"workload {self.name} does not split predict()")
+
+    def postprocess(self, model: torch.nn.Module, outputs: Any, batch: Any) -> list[Any]:
+        """forward_for_eval()'s outputs decoded to what predict() returns."""
+        raise NotImplementedError(f"workload {self.name} does not split predict()")
+
+    def splits_predict(self) -> bool:
+        """Whether this workload overrides forward_for_eval() and postprocess()."""
+        cls = type(self)
+        return (cls.forward_for_eval is not Workload.forward_for_eval
+                and cls.postprocess is not Workload.postprocess)
+
+    # -- optional: state that lives across steps (a streaming memory) --
+    def state_dict(self) -> dict[str, Any] | None:
+        """The workload's own state beyond model and optimizer, for a checkpoint (CPU
+        tensors and plain values); None (the default): it has none."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what state_dict() returned (after build_model())."""
+        raise UsageError(f"checkpoint holds workload state but workload {self.name} has no "
+                         f"load_state_dict()")
+
+    # -- optional: how the run speaks of this workload --
+    def console_line(self, run: Run, row: dict[str, Any]) -> str | None:
+        """The console line of a log row (`run.last_log`) in the style of the workload's
+        original scripts; None (the default): the harness's own line."""
+        return None
+
+    def memory_hints(self) -> list[str]:
+        """Options of this workload that lower memory, for an out-of-memory hint
+        (e.g. "--set with_cp=true (activation checkpointing)"); default none."""
+        return []
 
 
 @dataclasses.dataclass

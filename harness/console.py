@@ -1,4 +1,8 @@
-"""Built-in observer: seed-style console lines, a progress bar on a terminal, log.jsonl."""
+"""Built-in observer: seed-style console lines, a progress bar on a terminal, log.jsonl.
+
+A workload whose original scripts print another line gives it through
+`Workload.console_line` (the OpenLane-V2 seed's, for one); the helpers here (`eta`,
+`format_value`) are for such lines too."""
 from __future__ import annotations
 
 import json
@@ -15,7 +19,7 @@ if TYPE_CHECKING:
 _BAR_WIDTH = 30
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -24,8 +28,7 @@ def eta(run: Run, step: int) -> timedelta:
     compilation and data writing would inflate a mean over the elapsed time many-fold),
     else the elapsed time per step so far."""
     remaining = max(run.total_steps - step, 0)
-    timer = getattr(run, "timer", None)
-    timed = sorted(timer.step_times) if timer is not None else []
+    timed = sorted(run.timer.step_times) if run.timer is not None else []
     if timed:
         per_step = timed[len(timed) // 2]
     else:
@@ -41,35 +44,7 @@ def format_line(run: Run, row: dict[str, Any]) -> str:
     skip = {"step", "epoch", "iter_time", "data_time"}
     parts = [f"Epoch {row['epoch']}", f"iter {row['step']}/{run.total_steps}", f"eta {eta_left}",
              f"iter_time {row['iter_time']:.3f}s", f"data_time {row['data_time']:.3f}s"]
-    parts += [f"{k} {_fmt(v)}" for k, v in row.items() if k not in skip]
-    return ", ".join(parts)
-
-
-def _clock(seconds: float) -> str:
-    """h:mm:ss as the seed prints times; sub-10 s steps keep milliseconds (0:00:00.512)."""
-    if seconds >= 10:
-        return str(timedelta(seconds=round(seconds)))
-    whole = int(seconds)
-    return f"{timedelta(seconds=whole)}.{int(round((seconds - whole) * 1000)):03d}"
-
-
-def format_seed_line(run: Run, row: dict[str, Any]) -> str:
-    """A workload with `console_style = "seed"` (the OpenLane-V2 seed's DeepSpeed script):
-    `Epoch 0, idx 349 / 11239, iter 174 / 5619, bs 2 *acc 2: 4, eta 2 days, 9:12:06,
-    iter_time 0:00:37, loss 5.2290, lc_loss_cls 0.1268, ...`: idx counts micro-batches and iter
-    optimizer steps, both 0-based within the epoch, as the seed's loop does."""
-    step, acc = row["step"], run.config.grad_accum
-    per_epoch = max(run.steps_per_epoch, 1)
-    eta_left = eta(run, step)
-    bs = int(getattr(run.workload.config, "batch_size", 1) or 1)
-    world = run.strategy.world_size
-    batch = f"bs {bs} *acc {acc}" + (f" *world {world}" if world > 1 else "")
-    parts = [f"Epoch {row['epoch']}", f"idx {(step * acc - 1) % (per_epoch * acc)} / "
-             f"{per_epoch * acc}", f"iter {(step - 1) % per_epoch} / {per_epoch}",
-             f"{batch}: {bs * acc * world}", f"eta {eta_left}", f"iter_time {_clock(row['iter_time'])}",
-             f"loss {row['loss']:.4f}"]
-    skip = {"step", "epoch", "iter_time", "data_time", "loss"}
-    parts += [f"{k} {_fmt(v)}" for k, v in row.items() if k not in skip]
+    parts += [f"{k} {format_value(v)}" for k, v in row.items() if k not in skip]
     return ", ".join(parts)
 
 
@@ -99,8 +74,8 @@ class ConsoleObserver:
         row = run.last_log
         if row is not None:
             self._clear_bar()
-            seed_style = getattr(run.workload, "console_style", "") == "seed"
-            print((format_seed_line if seed_style else format_line)(run, row), flush=True)
+            line = run.workload.console_line(run, row)
+            print(line if line is not None else format_line(run, row), flush=True)
             if self._jsonl:
                 self._jsonl.write(json.dumps(row) + "\n")
                 self._jsonl.flush()

@@ -71,12 +71,25 @@ class _FlatOutputs(torch.nn.Module):
         return tuple(torch.utils._pytree.tree_leaves(self.model(*args)))
 
 
+def _key_name(key: Any) -> str:
+    """One step of a pytree path as written in an output name: a dict key, a list index or an
+    attribute name."""
+    pytree = torch.utils._pytree
+    if isinstance(key, pytree.MappingKey):
+        return str(key.key)
+    if isinstance(key, pytree.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, pytree.GetAttrKey):
+        return str(key.name)
+    return str(key)
+
+
 def output_names(outputs: Any) -> list[str]:
     """Names for the flattened outputs: their path in the returned structure (out.0, out.cls)."""
     leaves, _ = torch.utils._pytree.tree_flatten_with_path(outputs)
     names = []
     for path, _ in leaves:
-        keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        keys = [_key_name(k) for k in path]
         names.append(".".join(["out", *keys]) if keys else "out")
     return names
 
@@ -142,7 +155,7 @@ def export_for_checkpoint(workload_name: str, checkpoint: Path, out: Path | None
     load_weights(model, ckpt, cfg.checkpoint)
     model.eval()
     loader = torch.utils.data.DataLoader(
-        datasets.val, batch_size=getattr(workload.config, "eval_batch_size", None) or 1,
+        datasets.val, batch_size=workload.config.eval_batch_size or 1,
         shuffle=False, collate_fn=datasets.collate)
     batch = next(iter(loader), None)
     if batch is None:

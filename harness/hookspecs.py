@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     import argparse
 
     from harness.api import Backend, Run, Workload
+    from harness.config import RunConfig
+    from harness.show_context import Drawer
 
 hookspec = pluggy.HookspecMarker("harness")
 
@@ -33,7 +35,7 @@ def harness_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
-def harness_configure(config: Any) -> None:
+def harness_configure(config: RunConfig) -> None:
     """Called once with the parsed RunConfig, before the backend is set up."""
 
 
@@ -55,3 +57,11 @@ def harness_eval_end(run: Run, metrics: dict[str, float]) -> None:
 @hookspec
 def harness_run_end(run: Run, record: dict[str, Any]) -> None:
     """The run ended (any status); `record` is what was written to record.json."""
+
+
+@hookspec
+def harness_show_drawers() -> dict[str, Drawer]:
+    """Predictions formats (the "format" a workload's write_predictions() returns) -> the
+    function that draws such a file for `harness show`. Implemented by drawing plugins only:
+    modules importing neither torch nor a workload, which show loads on their own (the
+    built-in workloads.drawing, entry points of group "harness.show"); see harness/show.py."""

@@ -29,20 +29,15 @@ RAW_RTOL, RAW_ATOL = 1e-3, 1e-5
 
 
 def splits_forward(workload: Workload) -> bool:
-    """Whether the workload offers the optional eval split of predict():
-
-    `forward_for_eval(model, batch) -> outputs` (the network's raw outputs, on the device) and
-    `postprocess(model, outputs, batch) -> list` (decoding to what predict() returns), such
-    that postprocess(model, forward_for_eval(model, batch), batch) == predict(model, batch).
-    """
-    return (callable(getattr(workload, "forward_for_eval", None))
-            and callable(getattr(workload, "postprocess", None)))
+    """Whether the workload offers the optional eval split of predict() (Workload's
+    `forward_for_eval` + `postprocess`, see there). An object that only looks like a
+    workload (a test's stand-in with predict()) is not a Workload and has no split."""
+    return isinstance(workload, Workload) and workload.splits_predict()
 
 
 def predict_batch(workload: Workload, model: Any, batch: Any) -> list[Any]:
     if splits_forward(workload):
-        outputs = workload.forward_for_eval(model, batch)  # type: ignore[attr-defined]
-        return workload.postprocess(model, outputs, batch)  # type: ignore[attr-defined]
+        return workload.postprocess(model, workload.forward_for_eval(model, batch), batch)
     return workload.predict(model, batch)
 
 
@@ -90,11 +85,11 @@ def run_inference(workload: Workload, model: Any, batches: Iterable[Any], backen
             with backend.autocast(precision):
                 if split:
                     with backend.trace("eval_forward"):
-                        outputs = workload.forward_for_eval(model, batch)  # type: ignore[attr-defined]
+                        outputs = workload.forward_for_eval(model, batch)
                         backend.synchronize()
                     t1 = time.perf_counter()
                     with backend.trace("eval_postprocess"):
-                        preds = workload.postprocess(model, outputs, batch)  # type: ignore[attr-defined]
+                        preds = workload.postprocess(model, outputs, batch)
                 else:
                     with backend.trace("eval_predict"):
                         preds = workload.predict(model, batch)

@@ -18,6 +18,7 @@ needs no optimizer: nothing here builds a model.
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import importlib.util
@@ -48,7 +49,7 @@ from harness.errors import (
     MissingExtra,
     UsageError,
 )
-from harness.strategies import Strategy, choose_strategy
+from harness.strategies import DDPStrategy, Strategy
 
 DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "perception-harness"))
 
@@ -120,11 +121,22 @@ def prepare_backend(run: RunConfig) -> Backend:
     os.environ.update(backend_cls.environment(mode))
     probe = backend_cls.probe()
     if not probe.available:
-        can_emulate = getattr(plugins, "can_emulate", None)
         hint = ("; for a portability dry run without the hardware add --emulate"
-                if can_emulate is not None and can_emulate(backend_cls) else "")
+                if plugins.can_emulate(backend_cls) else "")
         raise BackendUnavailable(f"backend {run.backend} is unavailable: {probe.reason}{hint}")
     return backend_cls(mode=mode, emulated=run.emulate)
+
+
+def choose_strategy(run: RunConfig) -> Strategy:
+    """DeepSpeed where asked, DDP under a launcher (WORLD_SIZE > 1), else one process. Here,
+    not in strategies.py: the DeepSpeed strategy derives from the base class there."""
+    if run.deepspeed is not None:
+        from harness.deepspeed_strategy import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(run.deepspeed)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return DDPStrategy()
+    return Strategy()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -139,8 +151,8 @@ def make_loader(workload: Workload, dataset: Any, collate: Any, *, train: bool, 
     under DDP) or the evaluation loader (in order, every sample). `pin_memory_device`: the
     device type to pin host batches for ("" = no pinning)."""
     wcfg = workload.config
-    batch = getattr(wcfg, "batch_size" if train else "eval_batch_size", None) or 1
-    workers = getattr(wcfg, "num_workers", 0) or 0
+    batch = (wcfg.batch_size if train else wcfg.eval_batch_size) or 1
+    workers = wcfg.num_workers or 0
     common: dict[str, Any] = dict(
         collate_fn=collate, num_workers=workers, worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
@@ -152,7 +164,7 @@ def make_loader(workload: Workload, dataset: Any, collate: Any, *, train: bool, 
     if train:
         batch_sampler = workload.train_batch_sampler(dataset, batch, world_size, rank, seed)
         if batch_sampler is not None:
-            if not hasattr(batch_sampler, "__len__"):
+            if not isinstance(batch_sampler, collections.abc.Sized):
                 raise UsageError(f"workload {workload.name}: train_batch_sampler() returned "
                                  f"{type(batch_sampler).__name__} without __len__ (batches per "
                                  f"epoch on this rank)")
@@ -169,7 +181,7 @@ def check_eval_split(data: Datasets) -> None:
     """Before training: the val split has samples and its first one loads and collates, so
     an empty or broken val split is a DatasetError before step 1, not after the training."""
     val = data.val
-    if not hasattr(val, "__len__") or not hasattr(val, "__getitem__"):
+    if not isinstance(val, collections.abc.Sized) or isinstance(val, torch.utils.data.IterableDataset):
         return  # an iterable dataset: nothing to look at without consuming it
     if len(val) == 0:
         raise DatasetError("the val split is empty (0 samples): there is nothing to evaluate "
@@ -238,6 +250,7 @@ def setup_run(prepared: PreparedRun, *, load_data: bool = True) -> PreparedRun:
     """Stage 2: process group, device, precision check, seed (per rank), determinism, data."""
     cfg, backend, strategy = prepared.config, prepared.backend, prepared.strategy
     strategy.setup(backend, cfg, prepared.workload.config)
+    prepared.workload.strategy = strategy  # the workload's cross-rank reductions
     prepared.device = backend.setup(strategy.local_rank)
     backend.check_precision(cfg.precision)
     backend.seed(cfg.seed + strategy.rank)

@@ -2,48 +2,33 @@
 
 Reads only the run's record.json, the predictions file it names (record["predictions"],
 contract 3) and the dataset that file is scored against (its "ground_truth", and
-record["data"]["source"] for the images). Loads no plugin and no torch: the drawers read the
-official submission formats directly (harness/show_draw.py: COCO results and TuSimple;
-harness/show_nuscenes.py: nuScenes detection through nuscenes-devkit's geometry;
-harness/show_openlanev2.py: OpenLane-V2 submissions). Needs matplotlib (the `report` extra).
+record["data"]["source"] for the images). The drawer of the file's format comes from the
+`harness_show_drawers` hook of the drawing plugins: light modules (no torch, no workload
+import) that read the official submission formats directly, so `harness show` loads neither
+the workload plugins nor torch. Built in: workloads/drawing/ (COCO results, TuSimple,
+nuScenes detection, OpenLane-V2 submissions); others come from entry points of group
+"harness.show". Needs matplotlib (the `report` extra).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib
 import json
-import pickle
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
+import pluggy
+
+from harness import hookspecs
 from harness.errors import EXIT_OK, DatasetError, MissingExtra, UsageError
+from harness.show_context import Drawer, ShowContext, restricted_pickle_load
 
-__all__ = ["ShowContext", "VERBS", "load_context", "render", "restricted_pickle_load"]
+__all__ = ["ShowContext", "VERBS", "drawers", "load_context", "render", "restricted_pickle_load"]
 
-
-@dataclasses.dataclass(frozen=True)
-class ShowContext:
-    """What a drawer gets: the run, its predictions file and the options."""
-
-    run_dir: Path
-    record: dict[str, Any]
-    info: dict[str, Any]  # record["predictions"]
-    path: Path            # the predictions file, absolute
-    n: int
-    score_thr: float
-
-    @property
-    def data_root(self) -> Path | None:
-        """The dataset root the run read (record["data"]["source"], "synthetic:" stripped)."""
-        source = (self.record.get("data") or {}).get("source")
-        if not isinstance(source, str) or not source:
-            return None
-        return Path(source.split(":", 1)[1] if source.startswith("synthetic:") else source)
-
-    def resolve(self, value: str) -> Path:
-        """A path from the record: absolute as written, or relative to the run folder."""
-        p = Path(value)
-        return p if p.is_absolute() else self.run_dir / p
+# The built-in drawing plugins (modules implementing harness_show_drawers), by name.
+DRAWING_BUILTINS: tuple[str, ...] = ("workloads.drawing",)
+DRAWING_ENTRY_POINT_GROUP = "harness.show"
 
 
 def load_context(run: Path, n: int = 8, score_thr: float = 0.3) -> ShowContext:
@@ -69,13 +54,29 @@ def load_context(run: Path, n: int = 8, score_thr: float = 0.3) -> ShowContext:
     return ShowContext(run_dir, record, info, path, n, score_thr)
 
 
-def _drawers() -> dict[str, Callable[[ShowContext], Any]]:
-    from harness.show_draw import draw_coco, draw_tusimple
-    from harness.show_nuscenes import draw_nuscenes
-    from harness.show_openlanev2 import draw_openlanev2
-
-    return {"coco-results": draw_coco, "tusimple": draw_tusimple,
-            "nuscenes-detection": draw_nuscenes, "openlanev2-submission": draw_openlanev2}
+def drawers() -> dict[str, Drawer]:
+    """predictions format -> its drawer, from the drawing plugins only (a plugin manager of
+    their own: the workload plugins, and torch with them, stay unloaded)."""
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    for name in DRAWING_BUILTINS:
+        pm.register(importlib.import_module(name), name=name)
+    for ep in metadata.entry_points(group=DRAWING_ENTRY_POINT_GROUP):
+        if pm.has_plugin(ep.name):
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except (Exception, SystemExit) as exc:  # a broken plugin names itself, never vanishes
+            raise UsageError(f"drawing plugin {ep.name!r} (entry point {ep.value}) failed to "
+                             f"load: {exc!r}") from exc
+    found: dict[str, Drawer] = {}
+    for provided in reversed(pm.hook.harness_show_drawers()):  # registration order
+        for fmt, draw in provided.items():
+            if fmt in found and found[fmt] is not draw:
+                raise UsageError(f"two drawing plugins draw predictions format {fmt!r}: "
+                                 f"{found[fmt].__module__} and {draw.__module__}")
+            found[fmt] = draw
+    return found
 
 
 def render(ctx: ShowContext, out: Path) -> tuple[Path, int]:
@@ -89,37 +90,15 @@ def render(ctx: ShowContext, out: Path) -> tuple[Path, int]:
     import matplotlib.pyplot as plt
 
     fmt = ctx.info["format"]
-    drawers = _drawers()
-    if fmt not in drawers:
+    known = drawers()
+    if fmt not in known:
         raise UsageError(f"{ctx.run_dir / 'record.json'}: predictions.format {fmt!r} has no "
-                         f"drawer (known: {', '.join(sorted(drawers))})")
-    fig, count = drawers[fmt](ctx)
+                         f"drawer (known: {', '.join(sorted(known))})")
+    fig, count = known[fmt](ctx)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out, count
-
-
-def restricted_pickle_load(path: Path) -> Any:
-    """A pickle of plain containers and numpy arrays only: a submission or ground-truth file
-    received from someone else must not run code when it is read."""
-    allowed = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-               ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex")}
-
-    class _Restricted(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            if (module, name) in allowed:
-                return super().find_class(module, name)
-            raise DatasetError(f"{path}: the pickle needs {module}.{name}, which is neither a "
-                               "plain container nor a numpy array; not loaded")
-
-    try:
-        with open(path, "rb") as f:
-            return _Restricted(f).load()
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise DatasetError(f"{path}: cannot read the pickle ({exc})") from None
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -1,12 +1,14 @@
 """How model and optimizer are wrapped and stepped: single process, DDP (DeepSpeed lives in
-harness/deepspeed_strategy.py). The runner talks to one `Strategy` and never branches on it.
+harness/deepspeed_strategy.py; harness/prepare.py chooses one). The runner talks to one
+`Strategy` and never branches on it; what a strategy may or may not do is declared here, on
+the base class, with the single-process default.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, ContextManager, TypeVar
 
 import torch
 
@@ -26,6 +28,9 @@ class Strategy:
     name = "single"
     # True where the strategy applies its own loss scaling (no harness GradScaler then).
     scales_loss = False
+    # True where the strategy casts the weights to the run's precision (DeepSpeed bf16/fp16)
+    # instead of keeping them fp32 under autocast: the record's weights_dtype.
+    low_precision_weights: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.world_size = 1
@@ -133,6 +138,19 @@ class Strategy:
         dist.gather_object(obj, gathered, dst=0, group=self._wait_group)
         return gathered
 
+    def mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over the data-parallel ranks (mmdet's reduce_mean: a loss
+        normaliser counted over the global batch), through the default process group, so on
+        the device's collectives and inside the step's collective schedule: every rank must
+        call it at the same point of its loss. Identity in a single process."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        return value / self.world_size
+
     def teardown(self) -> None:
         pass
 
@@ -183,12 +201,3 @@ class DDPStrategy(Strategy):
         if dist.is_initialized():
             dist.destroy_process_group()
 
-
-def choose_strategy(run: RunConfig) -> Strategy:
-    if run.deepspeed is not None:
-        from harness.deepspeed_strategy import DeepSpeedStrategy
-
-        return DeepSpeedStrategy(run.deepspeed)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return DDPStrategy()
-    return Strategy()

@@ -160,7 +160,7 @@ class BEVDepthWorkload(Workload):
         preds, depth = model(batch["imgs"], _mats(batch))
         targets = build_targets(batch["gt_boxes"], batch["gt_labels"], self.config,
                                 device=batch["imgs"].device)
-        terms = detection_losses(preds, targets, self.config)
+        terms = detection_losses(preds, targets, self.config, self.strategy.mean_across_ranks)
         if "depth_labels" not in batch:
             raise UsageError("bevdepth: training batches need 'depth_labels' (lidar depth)")
         terms["loss_depth"] = depth_loss(batch["depth_labels"], depth, self.config)
@@ -174,7 +174,7 @@ class BEVDepthWorkload(Workload):
         return out
 
     def evaluate(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
-        from workloads.bevdepth.metric import evaluate_detections
+        from workloads.datasets.nuscenes_metric import evaluate_detections
 
         if self._val_infos is None:
             raise UsageError("bevdepth: evaluate() needs datasets() to have loaded the val split")
@@ -184,7 +184,7 @@ class BEVDepthWorkload(Workload):
         """The nuScenes detection submission JSON ({"meta", "results": {sample_token: [box
         records in the global frame, with attributes]}}) that the devkit's DetectionEval
         reads; built from the same records as evaluate(), so both see identical boxes."""
-        from workloads.bevdepth.metric import to_nuscenes_submission
+        from workloads.datasets.nuscenes_metric import to_nuscenes_submission
 
         if self._val_infos is None:
             raise UsageError("bevdepth: write_predictions() needs datasets() to have loaded the val split")

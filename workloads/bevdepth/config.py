@@ -29,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from harness.workload_config import WorkloadConfig
+
 CLASSES: tuple[str, ...] = (
     "car", "truck", "construction_vehicle", "bus", "trailer", "barrier",
     "motorcycle", "bicycle", "pedestrian", "traffic_cone",
@@ -45,7 +47,7 @@ CAMERAS: tuple[str, ...] = (
 
 
 @dataclasses.dataclass(frozen=True)
-class BEVDepthConfig:
+class BEVDepthConfig(WorkloadConfig):
     # -- view transform and geometry --
     view_transform: Literal["lss", "matrixvt"] = "lss"
     image_size: tuple[int, int] = (256, 704)  # network input (H, W) after ida

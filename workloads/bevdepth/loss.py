@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -20,20 +22,12 @@ from workloads.bevdepth.head import Targets, gather_box_preds
 from workloads.layers.gaussian import clip_sigmoid, gaussian_focal_loss, weighted_l1_loss
 
 
-def mean_across_ranks(value: torch.Tensor) -> torch.Tensor:
-    """mmdet's reduce_mean: the mean of a scalar over the data-parallel ranks (BEVDepth
-    normalises the heatmap and box losses by the GLOBAL mean count, so a rank with few
-    objects does not weigh them up). Identity in a single process."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    return value / dist.get_world_size()
-
-
-def detection_losses(preds: list[dict[str, torch.Tensor]], targets: Targets,
-                     cfg: BEVDepthConfig) -> dict[str, torch.Tensor]:
+def detection_losses(preds: list[dict[str, torch.Tensor]], targets: Targets, cfg: BEVDepthConfig,
+                     mean_across_ranks: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """`mean_across_ranks`: mmdet's reduce_mean, the run strategy's (Strategy.mean_across_ranks):
+    BEVDepth normalises the heatmap and box losses by the GLOBAL mean count, so a rank with
+    few objects does not weigh them up; identity in a single process."""
     loss_heatmap = preds[0]["heatmap"].new_zeros(())
     loss_bbox = preds[0]["heatmap"].new_zeros(())
     for t, pred in enumerate(preds):

@@ -1,5 +1,5 @@
 """BEVDepth fidelity fixes: nothing frozen at random init, local backbone weights, loss
-normalisers averaged across ranks."""
+normalisers averaged across ranks (through the run's strategy)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,12 +7,15 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
+from harness.strategies import DDPStrategy, Strategy
+from workloads.bevdepth import BEVDepthWorkload
 from workloads.bevdepth.config import BEVDepthConfig
-from workloads.bevdepth.loss import mean_across_ranks
 from workloads.bevdepth.model import ImageEncoder
+from workloads.bevdepth.testing import random_batch
 
 
 def _small(**kw: object) -> BEVDepthConfig:
@@ -40,19 +43,41 @@ def test_loaded_weights_freeze_the_stem_as_the_original(tmp_path: Path) -> None:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        value = mean_across_ranks(torch.tensor(float(1 + 5 * rank)))  # 1 and 6
+        value = DDPStrategy().mean_across_ranks(torch.tensor(float(1 + 5 * rank)))  # 1 and 6
         torch.save(value, f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_normalisers_are_the_mean_over_ranks(tmp_path: Path) -> None:
-    assert mean_across_ranks(torch.tensor(3.0)).item() == 3.0  # single process: identity
+def test_the_strategy_averages_over_ranks(tmp_path: Path) -> None:
+    assert Strategy().mean_across_ranks(torch.tensor(3.0)).item() == 3.0  # single process: identity
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_worker, args=(port, str(tmp_path / "v")), nprocs=2)
     assert [torch.load(tmp_path / f"v.{r}").item() for r in (0, 1)] == [3.5, 3.5]
+
+
+def test_normalisers_are_averaged_through_the_strategy() -> None:
+    """Heatmap and box normalisers go through the run's strategy (a stand-in whose reduction
+    doubles every count halves exactly those two terms); the depth loss is per rank."""
+
+    class Doubling(Strategy):
+        def mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
+            return value * 2
+
+    torch.manual_seed(0)
+    wl = BEVDepthWorkload(BEVDepthWorkload.presets()["smoke"])
+    model = wl.build_model()
+    batch = random_batch(wl.config, batch=2, objects=6)
+    torch.manual_seed(1)
+    local = {k: v.item() for k, v in wl.loss(model, batch).items()}
+    wl.strategy = Doubling()
+    torch.manual_seed(1)
+    doubled = {k: v.item() for k, v in wl.loss(model, batch).items()}
+    assert doubled["loss_heatmap"] == pytest.approx(local["loss_heatmap"] / 2, rel=1e-5)
+    assert doubled["loss_bbox"] == pytest.approx(local["loss_bbox"] / 2, rel=1e-5)
+    assert doubled["loss_depth"] == pytest.approx(local["loss_depth"], rel=1e-6)

@@ -1,4 +1,5 @@
-"""nuScenes detection metric: known answers, and equality with the devkit's DetectionEval."""
+"""nuScenes detection metric (shared, workloads/datasets/nuscenes_metric.py): known answers, and
+equality with the devkit's DetectionEval on what BEVDepth writes."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from harness.errors import UsageError
 
 pytest.importorskip("nuscenes", reason="nuscenes-devkit (extra 'bevdepth') is not installed")
 
-from workloads.bevdepth.metric import evaluate_detections, to_nuscenes_submission  # noqa: E402
+from workloads.datasets.nuscenes_metric import evaluate_detections, to_nuscenes_submission  # noqa: E402
 from workloads.datasets.nuscenes import CLASSES, NuScenesDataParams, NuScenesDetDataset  # noqa: E402
 from workloads.datasets.nuscenes_geometry import yaw_to_quat  # noqa: E402
 from workloads.datasets.test_nuscenes import small_db  # noqa: E402

@@ -141,7 +141,7 @@ class OpenLaneV2Dataset(torch.utils.data.Dataset):
             raise DatasetError(f"{path}: image listed in the frame info is missing") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from workloads.openlanev2_topology.loss import fit_bezier_endpoints_fixed
+        from workloads.datasets.bezier import fit_bezier_endpoints_fixed
 
         key = self.keys[index]
         frame = self.frames[key]

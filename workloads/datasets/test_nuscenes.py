@@ -276,5 +276,5 @@ def test_devkit_is_optional(db, monkeypatch):
     with pytest.raises(MissingExtra, match=r"perception-harness\[bevdepth\]"):
         create_infos(root, "v1.0-mini")
     code = ("import sys; sys.modules['nuscenes'] = None\n"
-            "import workloads.datasets.nuscenes, workloads.bevdepth.metric\n")
+            "import workloads.datasets.nuscenes, workloads.datasets.nuscenes_metric\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

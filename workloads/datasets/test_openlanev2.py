@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from harness import DatasetError
+from workloads.datasets.bezier import bernstein_matrix
 from workloads.datasets.openlanev2 import (
     OpenLaneV2Dataset,
     collection_path,
     load_collection,
     read_data_dict,
 )
+from workloads.datasets.openlanev2_devkit import centerline_devkit
 from workloads.datasets.openlanev2_synth import CAMERAS, write_synthetic_openlanev2
-from workloads.openlanev2_topology.devkit import centerline_devkit
-from workloads.openlanev2_topology.loss import bernstein_matrix
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from harness.workload_config import WorkloadConfig
+
 # GANet-S (configs/tusimple/final_exp_res18_s8.py): 200 epochs of the 3,626 TuSimple
 # training frames at 32 per iteration (113.3 iterations per epoch), steps at epochs 50, 100.
 GANET_EPOCHS = 200
@@ -11,7 +13,7 @@ GANET_ITERS_PER_EPOCH = 3626 / 32
 
 
 @dataclasses.dataclass(frozen=True)
-class LanesConfig:
+class LanesConfig(WorkloadConfig):
     # -- encoder (workloads/layers/resnet.py) and FPN to stride 8 --
     depth: int = 18
     base_channels: int = 64

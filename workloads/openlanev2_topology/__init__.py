@@ -23,7 +23,7 @@ from torch import nn
 
 from harness import DatasetError, Datasets, MissingExtra, UsageError, Workload, hookimpl
 from workloads.openlanev2_topology.config import OpenLaneV2Config
-from workloads.openlanev2_topology.devkit import INSTALL_COMMAND, centerline_devkit
+from workloads.datasets.openlanev2_devkit import INSTALL_COMMAND, centerline_devkit
 
 METRIC_KEYS = {"DET_l": "DET_l", "DET_t": "DET_t", "TOP_ll": "TOP_ll", "TOP_lt": "TOP_lt",
                "score": "OLS"}
@@ -40,8 +40,6 @@ class OpenLaneV2Workload(Workload):
     # The devkit itself is checked in __init__, with its exact install command (it needs --no-deps).
     requires = ("scipy", "shapely", "ortools", "similaritymeasures", "iso3166", "cv2", "tqdm")
     extra = "openlanev2"
-    # harness/console.py: the seed's line (idx samples / iter, bs *acc, eta, iter_time, losses)
-    console_style = "seed"
 
     def __init__(self, config: OpenLaneV2Config, user_set: frozenset[str] = frozenset()) -> None:
         if importlib.util.find_spec("openlanev2") is None:
@@ -183,6 +181,12 @@ class OpenLaneV2Workload(Workload):
 
     def samples(self, batch: dict[str, Any]) -> int:
         return int(batch["imgs"].shape[0])
+
+    def console_line(self, run: Any, row: dict[str, Any]) -> str:
+        """The seed's line (idx samples / iter, bs *acc, eta, iter_time, losses)."""
+        from workloads.openlanev2_topology.console import format_seed_line
+
+        return format_seed_line(run, row)
 
 
 def score(ground_truth: str, predictions: Any) -> dict[str, float]:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from harness.workload_config import WorkloadConfig
+
 CAMERAS: tuple[str, ...] = (
     "ring_front_center", "ring_front_left", "ring_front_right", "ring_rear_left",
     "ring_rear_right", "ring_side_left", "ring_side_right",
@@ -43,7 +45,7 @@ SUBSET_A_TRAIN_FRAMES = 22477
 
 
 @dataclasses.dataclass(frozen=True)
-class OpenLaneV2Config:
+class OpenLaneV2Config(WorkloadConfig):
     # -- cameras and input; `cameras` comes from the data unless set (ring_front_center first) --
     cameras: tuple[str, ...] = CAMERAS
     num_cameras: int = 7  # the model sees the first num_cameras of `cameras`

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from workloads.openlanev2_topology.config import OpenLaneV2Config
-from workloads.openlanev2_topology.loss import bernstein_matrix, box_cxcywh_to_xyxy
+from workloads.datasets.bezier import bernstein_matrix
+from workloads.openlanev2_topology.loss import box_cxcywh_to_xyxy
 
 
 def decode(out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: OpenLaneV2Config

@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import MissingExtra
+from harness import MissingExtra, Workload
 from workloads.openlanev2_topology import OpenLaneV2Workload, score
 from workloads.openlanev2_topology.config import OpenLaneV2Config
-from workloads.openlanev2_topology.devkit import INSTALL_COMMAND, install_pywrapgraph_shim
-from workloads.openlanev2_topology.loss import (
-    baseline_losses,
-    bernstein_matrix,
-    fit_bezier_endpoints_fixed,
-    focal_loss,
-    topology_loss,
-)
+from workloads.datasets.bezier import bernstein_matrix, fit_bezier_endpoints_fixed
+from workloads.datasets.openlanev2_devkit import INSTALL_COMMAND, install_pywrapgraph_shim
+from workloads.openlanev2_topology.loss import baseline_losses, focal_loss, topology_loss
 from workloads.openlanev2_topology.model import IPMViewTransform, OpenLaneV2Baseline
 from workloads.openlanev2_topology.postprocess import submission
 
@@ -198,9 +193,9 @@ def test_schedule_warms_up_from_a_third_then_anneals_to_min_ratio():
 def test_seed_console_line():
     from types import SimpleNamespace
 
-    from harness.console import format_seed_line
+    from workloads.openlanev2_topology.console import format_seed_line
 
-    run = SimpleNamespace(started=0.0, total_steps=5619 * 20, steps_per_epoch=5619,
+    run = SimpleNamespace(started=0.0, total_steps=5619 * 20, steps_per_epoch=5619, timer=None,
                           config=SimpleNamespace(grad_accum=2),
                           workload=SimpleNamespace(config=SimpleNamespace(batch_size=2)),
                           strategy=SimpleNamespace(world_size=1))
@@ -210,3 +205,4 @@ def test_seed_console_line():
     assert line.startswith("Epoch 0, idx 349 / 11238, iter 174 / 5619, bs 2 *acc 2: 4, eta ")
     assert "iter_time 0:00:37, loss 10.4580, lc_loss_cls 0.1268, lr 0.0001" in line
     assert sys.modules["harness.console"] is not None
+    assert OpenLaneV2Workload.console_line is not Workload.console_line  # the console uses it

@@ -187,7 +187,7 @@ class StreamPETRWorkload(Workload):
         data = self._stream_inputs(batch, training=True)
         gt = {"gt_boxes": batch["gt_boxes"], "gt_labels": batch["gt_labels"]}
         out, aux = model(data, gt)
-        terms = head_losses(out, batch["gt_boxes"], batch["gt_labels"], c)
+        terms = head_losses(out, batch["gt_boxes"], batch["gt_labels"], c, self.strategy.mean_across_ranks)
         if aux is not None:
             terms.update(focal_head_losses(aux, batch["gt_bboxes2d"], batch["gt_labels2d"], batch["centers2d"],
                                            (c.w_enc_cls, c.w_enc_bbox, c.w_enc_iou, c.w_centers2d, c.w_centerness)))
@@ -211,7 +211,7 @@ class StreamPETRWorkload(Workload):
                      ego2global_translation=m["ego2global_translation"]) for i, m in enumerate(batch["metas"])]
 
     def evaluate(self, predictions: list[dict[str, Any]]) -> dict[str, float]:
-        from workloads.bevdepth.metric import METRIC_KEYS, detection_metrics
+        from workloads.datasets.nuscenes_metric import METRIC_KEYS, detection_metrics
 
         if self._val_infos is None:
             raise UsageError("streampetr: evaluate() needs datasets() to have loaded the val split")
@@ -223,7 +223,7 @@ class StreamPETRWorkload(Workload):
         return out
 
     def write_predictions(self, predictions: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
-        from workloads.bevdepth.metric import to_nuscenes_submission
+        from workloads.datasets.nuscenes_metric import to_nuscenes_submission
 
         if self._val_infos is None:
             raise UsageError("streampetr: write_predictions() needs datasets() to have loaded the val split")
@@ -235,6 +235,9 @@ class StreamPETRWorkload(Workload):
 
     def samples(self, batch: dict[str, Any]) -> int:
         return int(batch["imgs"].shape[0])
+
+    def memory_hints(self) -> list[str]:
+        return [] if self.config.with_cp else ["--set with_cp=true (activation checkpointing)"]
 
 
 @hookimpl

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from harness.workload_config import WorkloadConfig
 from workloads.datasets.nuscenes_dataset import CLASSES
 from workloads.datasets.nuscenes_streampetr import STREAMPETR_CAMS
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamPETRConfig:
+class StreamPETRConfig(WorkloadConfig):
     # -- data --
     image_size: tuple[int, int] = (256, 704)  # (H, W) network input
     # published (0.38, 0.55) at the 1600x900 eval scale 0.44, as multiples of the eval scale

@@ -13,12 +13,12 @@ at least 1.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workloads.bevdepth.loss import mean_across_ranks
 from workloads.streampetr.config import StreamPETRConfig
 
 
@@ -75,8 +75,13 @@ def hungarian_3d(cls: torch.Tensor, boxes: torch.Tensor, gt_codes: list[torch.Te
              for b in range(host.shape[1])] for layer in range(host.shape[0])]
 
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
 def head_losses(out: dict, gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
-                cfg: StreamPETRConfig) -> dict[str, torch.Tensor]:
+                cfg: StreamPETRConfig, mean_across_ranks: Reduce) -> dict[str, torch.Tensor]:
+    """`mean_across_ranks`: the original's reduce_mean, the run strategy's
+    (Strategy.mean_across_ranks; identity in a single process)."""
     cls, boxes = out["cls"], out["boxes"]
     num_layers, b, q, n = cls.shape
     dev = cls.device
@@ -103,11 +108,12 @@ def head_losses(out: dict, gt_boxes: list[torch.Tensor], gt_labels: list[torch.T
         terms[f"frame_0_{name}loss_cls"] = torch.nan_to_num(cfg.w_cls * loss_cls)
         terms[f"frame_0_{name}loss_bbox"] = torch.nan_to_num(cfg.w_bbox * l1)
     if "known" in out:
-        terms.update(_dn_losses(out, cfg, weights))
+        terms.update(_dn_losses(out, cfg, weights, mean_across_ranks))
     return terms
 
 
-def _dn_losses(out: dict, cfg: StreamPETRConfig, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+def _dn_losses(out: dict, cfg: StreamPETRConfig, weights: torch.Tensor,
+               mean_across_ranks: Reduce) -> dict[str, torch.Tensor]:
     cls, boxes = out["dn_cls"], out["dn_boxes"]
     known = out["known"]
     num_layers, _, _, n = cls.shape

@@ -92,11 +92,15 @@ def test_the_memory_path_changes_predictions(tmp_path: Path) -> None:
     assert torch.equal(off["scores"], alone["scores"])  # memory off: every frame is a first frame
 
 
-def test_l1_normalisers_are_averaged_over_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_l1_normalisers_are_averaged_over_ranks(tmp_path: Path) -> None:
     """The original reduce_means the matched and DN box counts for the L1 terms only; the
-    classification normalisers stay per rank. A stand-in for the all-reduce that doubles the
-    count halves exactly the L1 terms."""
-    import workloads.streampetr.loss as loss_mod
+    classification normalisers stay per rank. A stand-in strategy whose all-reduce doubles
+    the count halves exactly the L1 terms (the workload reduces through its strategy)."""
+    from harness.strategies import Strategy
+
+    class Doubling(Strategy):
+        def mean_across_ranks(self, value: torch.Tensor) -> torch.Tensor:
+            return value * 2
 
     torch.manual_seed(0)
     wl, data = _tiny_workload(tmp_path, grid_mask=False)
@@ -104,7 +108,7 @@ def test_l1_normalisers_are_averaged_over_ranks(tmp_path: Path, monkeypatch: pyt
     batch = data.collate([data.train[i] for i in range(2)])
     torch.manual_seed(1)
     local = {k: v.item() for k, v in wl.loss(model, batch).items()}
-    monkeypatch.setattr(loss_mod, "mean_across_ranks", lambda v: v * 2)
+    wl.strategy = Doubling()
     wl._last = {}
     model.pts_bbox_head.reset_memory()
     torch.manual_seed(1)

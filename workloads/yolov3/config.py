@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from harness.workload_config import WorkloadConfig
+
 # mmdet yolov3_d53_8xb8-ms-608-273e_coco: 273 epochs of COCO train2017 (117,266 images with
 # annotations) at 64 images per iteration (8 GPUs x 8) = 1,833 iterations per epoch.
 MMDET_EPOCHS = 273
@@ -11,7 +13,7 @@ MMDET_ITERS_PER_EPOCH = 1833
 
 
 @dataclasses.dataclass(frozen=True)
-class YOLOv3Config:
+class YOLOv3Config(WorkloadConfig):
     # -- model --
     num_classes: int = 80  # taken from the annotation file unless --set
     class_names: tuple[str, ...] = ()  # the categories' names in id order (from the data)

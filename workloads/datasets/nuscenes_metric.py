@@ -1,5 +1,6 @@
-"""nuScenes detection metric (mAP, mATE, mASE, mAOE, mAVE, mAAE, NDS) for BEVDepth
-predictions, through nuscenes-devkit's own accumulate / calc_ap / calc_tp / DetectionMetrics.
+"""nuScenes detection metric (mAP, mATE, mASE, mAOE, mAVE, mAAE, NDS) for the nuScenes
+detection workloads (BEVDepth, StreamPETR), through nuscenes-devkit's own accumulate /
+calc_ap / calc_tp / DetectionMetrics.
 
 A prediction is `{"sample_token", "boxes" (K, 9): x, y, z, w, l, h, yaw, vx, vy in the key
 sample's ego frame (z = box centre, the dataset's gt_boxes convention), "scores" (K,),

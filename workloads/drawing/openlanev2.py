@@ -4,15 +4,13 @@ their lane-lane topology, traffic elements on the front camera, and the lane-to-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from harness.errors import DatasetError
-from harness.show_draw import GT, PRED, grid, load_image
-
-if TYPE_CHECKING:
-    from harness.show import ShowContext
+from harness.show_context import ShowContext, restricted_pickle_load
+from workloads.drawing.figure import GT, PRED, grid, load_image
 
 TOPOLOGY = "#2f6fde"
 EDGE_THR = 0.5  # a predicted adjacency probability counts as an edge from here
@@ -69,8 +67,6 @@ def _matrix(value: Any, rows: int, cols: int) -> np.ndarray:
 def draw_openlanev2(ctx: ShowContext) -> tuple[Any, int]:
     """Per frame: GT centerlines + topology | predicted ones (confidence >= score_thr, edges
     with probability >= 0.5) | the front camera with GT and predicted traffic elements."""
-    from harness.show import restricted_pickle_load
-
     gt_path = Path(str(ctx.info["ground_truth"]))
     gt = restricted_pickle_load(gt_path)
     sub = restricted_pickle_load(ctx.path)

@@ -4,15 +4,13 @@ nuscenes-devkit doing the geometry (its Box, poses and calibration tables)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from harness.errors import DatasetError, MissingExtra
-from harness.show_draw import GT, PRED, grid, load_image, read_json
-
-if TYPE_CHECKING:
-    from harness.show import ShowContext
+from harness.show_context import ShowContext
+from workloads.drawing.figure import GT, PRED, grid, load_image, read_json
 
 BEV_RANGE_M = 51.2  # BEVDepth's and StreamPETR's detection range
 CAMERA_ORDER = ("CAM_FRONT", "CAM_BACK", "CAM_FRONT_LEFT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT",
