@@ -297,7 +297,7 @@ class Workload(ABC):
 
         `predictions` is what predict() produced over the val split, in order; `out_dir`
         (`<run folder>/predictions`) exists. Return {"format", "path" (absolute), "split",
-        "ground_truth"}; the harness stores it as record["predictions"].
+        "ground_truth"}; the harness stores it as the record's `predictions`.
         """
         return None
 

@@ -52,7 +52,7 @@ def prepare_training_step(workload: str, backend: str = "cpu", precision: str = 
     model = dev.prepare_model(model)
     model, optimizer = strategy.wrap(model, optimizer, config)
     scaler = dev.grad_scaler(precision)
-    grad_clip = getattr(wl.config, "grad_clip", None)
+    grad_clip = wl.config.grad_clip
     model.train()
 
     def step() -> None:

@@ -25,7 +25,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -77,6 +77,23 @@ def restore_rng(state: dict[str, Any], device_type: str) -> None:
         torch.get_device_module(device_type).set_rng_state(state["device"])
 
 
+@runtime_checkable
+class EpochSampler(Protocol):
+    """A sampler that reshuffles per epoch (torch's DistributedSampler, a workload's batch
+    sampler, see Workload.train_batch_sampler)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+@runtime_checkable
+class StatefulSampler(Protocol):
+    """A batch sampler with state beyond set_epoch(), stored with the data position."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
 class ResumableBatches:
     """Endless batches over epochs that can restart at the exact batch a checkpoint left off.
 
@@ -108,14 +125,12 @@ class ResumableBatches:
     def __iter__(self) -> Iterator[Any]:
         while True:
             for sampler in (self.loader.sampler, self.loader.batch_sampler):
-                set_epoch = getattr(sampler, "set_epoch", None)
-                if set_epoch is not None:
-                    set_epoch(self.run.epoch)
+                if isinstance(sampler, EpochSampler):
+                    sampler.set_epoch(self.run.epoch)
             generator = self.loader.generator
             # A workload's batch sampler with state beyond set_epoch() may expose it.
             sampler = self.loader.batch_sampler
-            stateful = callable(getattr(sampler, "state_dict", None)) and callable(
-                getattr(sampler, "load_state_dict", None))
+            stateful = isinstance(sampler, StatefulSampler)
             skip = 0
             if self._resume is not None:
                 if generator is not None and self._resume["generator"] is not None:

@@ -43,7 +43,7 @@ ENGINE_DIR = "deepspeed"
 
 def saves_through_engine(strategy: Any) -> bool:
     """True where the strategy's engine writes model and optimizer itself (DeepSpeed)."""
-    return callable(getattr(strategy, "save_engine_checkpoint", None))
+    return bool(strategy.saves_own_checkpoint)
 
 
 def engine_dir(out_dir: Path) -> Path:

@@ -165,17 +165,13 @@ class WorkloadState:
         self.workload, self.name = workload, name
 
     def state_dict(self) -> dict[str, Any]:
-        own = getattr(self.workload, "state_dict", None)
-        return {"workload_state": to_cpu(own()) if callable(own) else None}
+        own = self.workload.state_dict()
+        return {"workload_state": None if own is None else to_cpu(own)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("workload_state") is None:
             return
-        loader = getattr(self.workload, "load_state_dict", None)
-        if not callable(loader):
-            raise UsageError(f"checkpoint holds workload state but workload {self.name} has "
-                             f"no load_state_dict()")
-        loader(state["workload_state"])
+        self.workload.load_state_dict(state["workload_state"])  # the default refuses
 
 
 class EngineLike(Piece, Protocol):

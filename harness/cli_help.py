@@ -52,7 +52,7 @@ def _backend_entry(name: str, cls: Any) -> dict[str, Any]:
             "device_count": probe.device_count, "device_name": probe.device_name,
             "modes": list(caps.modes), "precisions": list(caps.precisions),
             "emulate": plugins.can_emulate(cls),
-            "inference_only": bool(getattr(cls, "inference_only", False)),
+            "inference_only": cls.inference_only,
             "hint": "" if probe.available else emulate_hint(cls).lstrip("; ")}
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from harness.errors import ConfigError, UsageError
+from harness.workload_config import WorkloadConfig
 
 # ------------------------------------------------------------- options from fields
 # What a field's metadata may say (anything else is a typo, refused when the flags are built).
@@ -378,9 +379,8 @@ def check_config_values(cfg: Any, prefix: str = "") -> None:
         rule = _range_rule(f.name)
         if rule is not None and not all(rule[1](v) for v in numbers):
             raise ConfigError.bad_value(key, value, rule[0])
-    validate = getattr(cfg, "validate", None)
-    if callable(validate):
-        validate()
+    if isinstance(cfg, WorkloadConfig):
+        cfg.validate()
 
 
 def require(ok: bool, field: str, value: Any, rule: str, fix: str = "") -> None:

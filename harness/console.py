@@ -15,6 +15,7 @@ from harness import hookimpl
 
 if TYPE_CHECKING:
     from harness.api import Run
+    from harness.records import Record
 
 _BAR_WIDTH = 30
 
@@ -91,22 +92,22 @@ class ConsoleObserver:
         print("[harness] eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
               flush=True)
 
-    def harness_run_end(self, run: Run, record: dict[str, Any]) -> None:
+    def harness_run_end(self, run: Run, record: Record) -> None:
         self._clear_bar()
         if self._jsonl:
             self._jsonl.close()
             self._jsonl = None
         if not run.strategy.is_main:
             return
-        tp = record.get("throughput") or {}
-        fps = tp.get("samples_per_s")
-        mem = (record.get("memory") or {}).get("device_peak_allocated_bytes")
-        print(f"[harness] status {record['status']}"
+        fps = record.throughput.get("samples_per_s")
+        mem = record.memory.get("device_peak_allocated_bytes")
+        print(f"[harness] status {record.status}"
               + (f", {fps:.2f} samples/s" if fps else "")
               + (f", peak memory {mem / 2**20:.0f} MiB" if mem else "")
               + (" (emulated device: speed and memory not meaningful)"
                  if run.backend.emulated and (fps or mem) else "")
-              + f", {record['duration_s']:.0f}s, record {run.record_path or run.out_dir / 'record.json'}",
+              + f", {record.duration_s or 0:.0f}s, record "
+              + f"{run.record_path or run.out_dir / 'record.json'}",
               flush=True)
 
 
@@ -129,5 +130,5 @@ def harness_eval_end(run: Run, metrics: dict[str, float]) -> None:
 
 
 @hookimpl
-def harness_run_end(run: Run, record: dict[str, Any]) -> None:
+def harness_run_end(run: Run, record: Record) -> None:
     _OBSERVER.harness_run_end(run, record)

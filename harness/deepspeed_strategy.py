@@ -82,6 +82,7 @@ class DeepSpeedStrategy(Strategy):
     scales_loss = False
     # bf16/fp16 configs make the engine cast the model itself (fp32 masters in the optimizer).
     low_precision_weights = True
+    saves_own_checkpoint = True
 
     def __init__(self, config_path: str = "") -> None:
         super().__init__()
@@ -134,8 +135,8 @@ class DeepSpeedStrategy(Strategy):
     # -- config --
     def build_config(self, run: RunConfig) -> dict[str, Any]:
         cfg = self.workload_config
-        batch = int(getattr(cfg, "batch_size", None) or 1)
-        grad_clip = getattr(cfg, "grad_clip", None)
+        batch = int(cfg.batch_size or 1)
+        grad_clip = cfg.grad_clip
         if not self.config_path:
             return {
                 "train_micro_batch_size_per_gpu": batch,

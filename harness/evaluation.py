@@ -122,7 +122,7 @@ def _eval_record(cfg: EvalConfig, workload: Workload, ckpt: Checkpoint, scale: s
 
 
 def _batch_size(workload: Workload) -> int:
-    return getattr(workload.config, "eval_batch_size", None) or 1
+    return workload.config.eval_batch_size or 1
 
 
 def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir: Path,
@@ -140,7 +140,7 @@ def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir:
     loader = prepared.loader("val")  # the loader a run's final evaluation uses
     if len(loader) == 0:
         raise UsageError("the val split is empty")
-    if getattr(backend, "inference_only", False):
+    if backend.inference_only:
         model = _graph_model(cfg, workload, backend, torch_model, loader, out_dir, record)
     else:
         model = backend.prepare_model(torch_model.to(device))
@@ -176,12 +176,12 @@ def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir:
                      "inference_s": round(result.seconds, 3),
                      "eval_s": round(result.seconds + time.perf_counter() - t0, 3)}]
     record.predictions = write_predictions(workload, result.predictions, out_dir)
-    if getattr(backend, "inference_only", False):
+    if backend.inference_only:
         progress["phase"] = "output agreement"
         limit = cfg.agreement_batches or None
         record.raw_output_agreement = raw_output_agreement(
             workload, model, torch_model, itertools.islice(loader, limit), torch.device("cpu"),
-            f"{backend.name} ({', '.join(getattr(backend, 'providers', []) or ['?'])})",
+            backend.label(),
             "pytorch (cpu, fp32)", output_names=(record.onnx or {}).get("outputs"))
     print("[harness] eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from harness.api import Backend, Run, Workload
     from harness.config import RunConfig
+    from harness.records import Record
     from harness.show_context import Drawer
 
 hookspec = pluggy.HookspecMarker("harness")
@@ -55,8 +56,9 @@ def harness_eval_end(run: Run, metrics: dict[str, float]) -> None:
 
 
 @hookspec
-def harness_run_end(run: Run, record: dict[str, Any]) -> None:
-    """The run ended (any status); `record` is what was written to record.json."""
+def harness_run_end(run: Run, record: Record) -> None:
+    """The run ended (any status); `record` is what was written to record.json, typed
+    (harness.records.Record: read its attributes; mapping reads still work, read-only)."""
 
 
 @hookspec

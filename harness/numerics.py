@@ -283,7 +283,7 @@ def run_numerics(workload: str, backend: str, steps: int = 5, precision: str = "
     batches = list(islice(cycle(loader), steps))  # loaded once: every side sees the same batches
     torch.manual_seed(seed)
     sides = _build_sides(wl, wl.build_model(), dev_backend, device, precision, steps)
-    grad_clip = getattr(wl.config, "grad_clip", None)
+    grad_clip = wl.config.grad_clip
     try:
         for k, batch in enumerate(batches, start=1):
             result = _step(wl, sides, k, batch, seed + k, tol, amp)

@@ -16,16 +16,15 @@ def memory_hint(run: Any, phase: str | None = None) -> str:
     evaluation names the evaluation's batch size, not the training's."""
     cfg, wcfg = run.config, run.workload.config
     if phase == "evaluation":
-        batch = cfg.eval_batch_size or getattr(wcfg, "eval_batch_size", None)
+        batch = cfg.eval_batch_size or wcfg.eval_batch_size
         return "to lower memory try: " + _halve("--eval-batch-size", batch)
-    batch = getattr(wcfg, "batch_size", None)
+    batch = wcfg.batch_size
     knobs = [_halve("--batch-size", batch)]
     knobs.append(f"--grad-accum {cfg.grad_accum * 2} (same global batch with half the "
                  f"--batch-size)")
     if cfg.precision == "fp32":
         knobs.append("--precision bf16 (or fp16)")
-    if dataclasses.is_dataclass(wcfg) and hasattr(wcfg, "with_cp") and not wcfg.with_cp:
-        knobs.append("--set with_cp=true (activation checkpointing)")
+    knobs += run.workload.memory_hints()
     return "to lower memory try: " + ", ".join(knobs)
 
 

@@ -103,9 +103,7 @@ class _PluginManager(pluggy.PluginManager):
 
 def can_emulate(backend: type[Backend]) -> bool:
     """Whether the backend offers a CPU-emulated device (`--emulate`)."""
-    from harness.api import Backend
-
-    return getattr(backend.emulate, "__func__", None) is not Backend.emulate.__func__  # type: ignore[attr-defined]
+    return backend.can_emulate()
 
 
 def _load_entry_point(ep: metadata.EntryPoint) -> Any:

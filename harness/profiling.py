@@ -18,12 +18,12 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-
 from harness import hookimpl
 from harness.records import Record, write_record
 
 if TYPE_CHECKING:
+    import torch
+
     from harness.api import Backend
 
 # Not "ProfilerStep#": torch.profiler reserves that name for its own schedule.
@@ -33,6 +33,8 @@ TRACE_NAME = "profile_trace.json"
 
 def _inner(module: torch.nn.Module) -> torch.nn.Module:
     """The model inside DDP (.module) / torch.compile (._orig_mod) wrappers."""
+    import torch  # here: this plugin's --help options must not import torch
+
     seen = 0
     while seen < 4 and isinstance(getattr(module, "module", None) or getattr(module, "_orig_mod", None),
                                   torch.nn.Module):
@@ -44,6 +46,8 @@ def _inner(module: torch.nn.Module) -> torch.nn.Module:
 @contextlib.contextmanager
 def component_ranges(backend: Backend) -> Iterator[None]:
     """A named range around each call of a direct child of the outermost module called."""
+    import torch
+
     names: dict[int, str] = {}
     open_ranges: dict[int, list[contextlib.ExitStack]] = {}
     depth = [0]
@@ -77,6 +81,12 @@ def component_ranges(backend: Backend) -> Iterator[None]:
                 stacks.pop().close()
 
 
+def _record_function(name: str) -> Any:
+    import torch
+
+    return torch.profiler.record_function(name)
+
+
 class StepProfiler:
     """Profiles `steps` consecutive steps (start(), step() after each, then table())."""
 
@@ -94,6 +104,8 @@ class StepProfiler:
         return self._prof is not None
 
     def start(self) -> None:
+        import torch
+
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.backend.device_type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -114,7 +126,7 @@ class StepProfiler:
         if self.done >= self.steps:
             self.stop()
             return True
-        self._step_range = torch.profiler.record_function(f"{STEP_PREFIX}{self.done}")
+        self._step_range = _record_function(f"{STEP_PREFIX}{self.done}")
         self._step_range.__enter__()
         return False
 

@@ -49,7 +49,7 @@ def default_out_dir(run: RunConfig) -> Path:
 def weights_dtype(strategy: Strategy, precision: str) -> str:
     """The dtype the weights are kept in: fp32 under autocast, the precision itself where the
     strategy casts the model (DeepSpeed bf16/fp16)."""
-    if precision != "fp32" and getattr(strategy, "low_precision_weights", False):
+    if precision != "fp32" and strategy.low_precision_weights:
         return precision
     return "fp32"
 

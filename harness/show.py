@@ -1,8 +1,8 @@
 """`harness show RUN_DIR`: pictures of what a run's model predicts, next to the ground truth.
 
-Reads only the run's record.json, the predictions file it names (record["predictions"],
-contract 3) and the dataset that file is scored against (its "ground_truth", and
-record["data"]["source"] for the images). The drawer of the file's format comes from the
+Reads only the run's record.json, the predictions file it names (the record's
+`predictions`, contract 3) and the dataset that file is scored against (its "ground_truth",
+and the record's data source for the images). The drawer of the file's format comes from the
 `harness_show_drawers` hook of the drawing plugins: light modules (no torch, no workload
 import) that read the official submission formats directly, so `harness show` loads neither
 the workload plugins nor torch. Built in: workloads/drawing/ (COCO results, TuSimple,
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import EXIT_OK, DatasetError, MissingExtra, UsageError
+from harness.records import read_record
 from harness.show_context import Drawer, ShowContext, restricted_pickle_load
 
 __all__ = ["ShowContext", "VERBS", "drawers", "load_context", "render", "restricted_pickle_load"]
@@ -36,15 +36,11 @@ def load_context(run: Path, n: int = 8, score_thr: float = 0.3) -> ShowContext:
     rec_path = run_dir / "record.json"
     if not rec_path.is_file():
         raise UsageError(f"{rec_path}: no such file (harness show takes a run folder)")
-    try:
-        record = json.loads(rec_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{rec_path}: not a readable JSON record ({exc})") from None
-    info = record.get("predictions")
-    if not isinstance(info, dict) or not info.get("path") or not info.get("format"):
-        why = record.get("status")
-        raise UsageError(f"{rec_path}: the record names no predictions file (record['predictions'] "
-                         f"is absent; status {why!r}): nothing to show")
+    record = read_record(rec_path)
+    info = record.predictions
+    if not info or not info.get("path") or not info.get("format"):
+        raise UsageError(f"{rec_path}: the record names no predictions file (its `predictions` "
+                         f"is absent; status {record.status!r}): nothing to show")
     path = Path(info["path"])
     path = path if path.is_absolute() else run_dir / path
     if not path.is_file():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.errors import DatasetError
+from harness.records import Record
 
 __all__ = ["Drawer", "ShowContext", "restricted_pickle_load"]
 
@@ -18,16 +19,16 @@ class ShowContext:
     """What a drawer gets: the run, its predictions file and the options."""
 
     run_dir: Path
-    record: dict[str, Any]
-    info: dict[str, Any]  # record["predictions"]
+    record: Record
+    info: dict[str, Any]  # the record's predictions section
     path: Path            # the predictions file, absolute
     n: int
     score_thr: float
 
     @property
     def data_root(self) -> Path | None:
-        """The dataset root the run read (record["data"]["source"], "synthetic:" stripped)."""
-        source = (self.record.get("data") or {}).get("source")
+        """The dataset root the run read (its data source, "synthetic:" stripped)."""
+        source = self.record.data_source
         if not isinstance(source, str) or not source:
             return None
         return Path(source.split(":", 1)[1] if source.startswith("synthetic:") else source)

@@ -31,6 +31,9 @@ class Strategy:
     # True where the strategy casts the weights to the run's precision (DeepSpeed bf16/fp16)
     # instead of keeping them fp32 under autocast: the record's weights_dtype.
     low_precision_weights: ClassVar[bool] = False
+    # The engine writes model and optimizer state itself (DeepSpeed: save_engine_checkpoint /
+    # load_engine_checkpoint); the checkpoint manager then commits its files.
+    saves_own_checkpoint: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.world_size = 1

@@ -45,7 +45,7 @@ def total_steps(config: RunConfig, workload_config: Any, steps_per_epoch: int) -
         return config.steps
     if config.epochs is not None:
         return max(1, math.ceil(config.epochs * steps_per_epoch))
-    return int(getattr(workload_config, "steps", 0) or steps_per_epoch)
+    return int(workload_config.steps or steps_per_epoch)
 
 
 def _max_memory(a: MemoryStats | None, b: MemoryStats) -> MemoryStats:
@@ -142,7 +142,7 @@ class Trainer:
         model = backend.prepare_model(model)
         self.model, self.optimizer = strategy.wrap(model, optimizer, cfg)
         self.scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
-        self.grad_clip = getattr(wl.config, "grad_clip", None)
+        self.grad_clip = wl.config.grad_clip
         self.checkpoints = training_checkpoints(
             run, host_model=host_model, optimizer=self.optimizer, scheduler=self.scheduler,
             scaler=self.scaler, batches=self.stream, timer=self.timer, loop=self,

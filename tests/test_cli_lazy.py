@@ -162,9 +162,6 @@ def test_run_help_imports_no_workload_or_backend() -> None:
     assert [m for m in _modules_after(["run", "--help"]) if m != "torch"] == []
 
 
-@pytest.mark.xfail(strict=True, reason="harness/profiling.py (a host plugin: `run --profile`) "
-                   "imports torch at module level; with that import moved into its functions "
-                   "`run --help` needs no torch (then drop this mark)")
 def test_run_help_imports_no_torch() -> None:
     assert "torch" not in _modules_after(["run", "--help"])
 

@@ -39,6 +39,12 @@ NOT_PLUGIN_PROBES: dict[tuple[str, str], str] = {
     ("harness/config.py", "getattr(obj, name)"): "a dataclass field named by a --set key",
     ("harness/config.py", "getattr(cfg, f.name)"): "dataclass fields iterated by name",
     ("harness/config.py", "getattr(run, name)"): "RunConfig fields named in DIRECT_FIELDS",
+    ("harness/config.py", "hasattr(args, f.name)"): "argparse namespace",
+    ("harness/config.py", "getattr(args, f.name)"): "argparse namespace",
+    ("harness/cli_help.py", "getattr(ep, 'dist', None)"):
+        "importlib.metadata entry point (no dist on older Pythons)",
+    ("harness/plugins.py", "getattr(pm.hook, _HOOK[kind])"): "pluggy's hook relay, by hook name",
+    ("harness/records.py", "getattr(self, f.name)"): "the record's own fields, by name",
     ("harness/deepspeed_strategy.py", "getattr(importlib.import_module(module), name)"):
         "DeepSpeed's classes by module and name, absent in other DeepSpeed versions",
     ("harness/deepspeed_strategy.py", "getattr(self._inner, name)"):
@@ -73,46 +79,6 @@ NOT_PLUGIN_PROBES: dict[tuple[str, str], str] = {
     ("harness/training.py", "getattr(b, f.name)"): "MemoryStats fields iterated by name",
 }
 
-# Plugin probes in files other helpers rewrite now; each has its declared replacement, and
-# is to be switched at integration (then its entry goes).
-TO_SWITCH: dict[tuple[str, str], str] = {
-    ("harness/benchmark.py", "getattr(wl.config, 'grad_clip', None)"): "wl.config.grad_clip",
-    ("harness/checkpoint.py", "getattr(sampler, 'set_epoch', None)"):
-        "the loader's sampler (torch's) or the workload's batch sampler: isinstance checks",
-    ("harness/checkpoint.py", "getattr(sampler, 'state_dict', None)"): "as above",
-    ("harness/checkpoint.py", "getattr(sampler, 'load_state_dict', None)"): "as above",
-    ("harness/checkpoint.py", "getattr(timer, 'prior_window_s', 0.0)"): "StepTimer fields",
-    ("harness/checkpoint.py", "getattr(timer, 'segments', 1)"): "StepTimer fields",
-    ("harness/checkpoint_dist.py", "getattr(strategy, 'save_engine_checkpoint', None)"):
-        "the checkpoint manager's engine Stateful (or a flag declared on Strategy)",
-    ("harness/cli_help.py", "getattr(cls, 'inference_only', False)"): "cls.inference_only",
-    ("harness/config.py", "getattr(cfg, 'validate', None)"):
-        "isinstance(cfg, WorkloadConfig) and cfg.validate()",
-    ("harness/deepspeed_strategy.py", "getattr(cfg, 'batch_size', None)"): "cfg.batch_size",
-    ("harness/deepspeed_strategy.py", "getattr(cfg, 'grad_clip', None)"): "cfg.grad_clip",
-    ("harness/evaluation.py", "getattr(workload, 'write_predictions', None)"):
-        "workload.write_predictions (declared, returns None by default)",
-    ("harness/evaluation.py", "getattr(data, 'from_data', {})"): "data.from_data",
-    ("harness/evaluation.py", "getattr(wcfg, 'eval_batch_size', None)"): "wcfg.eval_batch_size",
-    ("harness/evaluation.py", "getattr(backend, 'inference_only', False)"):
-        "backend.inference_only",
-    ("harness/evaluation.py", "getattr(backend, 'providers', [])"): "backend.label()",
-    ("harness/numerics.py", "getattr(wl.config, 'grad_clip', None)"): "wl.config.grad_clip",
-    ("harness/oom.py", "getattr(wcfg, 'batch_size', None)"): "wcfg.batch_size",
-    ("harness/oom.py", "hasattr(wcfg, 'with_cp')"): "run.workload.memory_hints()",
-    ("harness/oom.py", "getattr(run.backend, 'memory_limit_bytes', None)"):
-        "nothing: no backend has memory_limit_bytes(), the probe is dead code; delete it",
-    ("harness/plugins.py", "getattr(backend.emulate, '__func__', None)"):
-        "backend.can_emulate()",
-    ("harness/resume.py", "getattr(wl, 'state_dict', None)"): "wl.state_dict()",
-    ("harness/resume.py", "getattr(run.workload, 'load_state_dict', None)"):
-        "run.workload.load_state_dict (declared; raises where there is none)",
-    ("harness/runner.py", "getattr(strategy, 'low_precision_weights', False)"):
-        "strategy.low_precision_weights",
-    ("harness/training.py", "getattr(workload_config, 'steps', 0)"): "workload_config.steps",
-    ("harness/training.py", "getattr(wl.config, 'grad_clip', None)"): "wl.config.grad_clip",
-}
-
 SHARED_PACKAGES = ("datasets", "layers", "drawing")
 
 
@@ -134,7 +100,7 @@ def _call_key(source: str) -> str:
 
 
 def test_the_host_probes_no_plugin_object() -> None:
-    listed = {**NOT_PLUGIN_PROBES, **TO_SWITCH}
+    listed = NOT_PLUGIN_PROBES
     unlisted, used = [], set()
     for path in sorted((ROOT / "harness").rglob("*.py")):
         for line, call in _probes(path):
@@ -152,7 +118,7 @@ def test_the_host_probes_no_plugin_object() -> None:
 
 
 def test_the_allowlist_keys_are_written_as_ast_writes_them() -> None:
-    for _, call in [*NOT_PLUGIN_PROBES, *TO_SWITCH]:
+    for _, call in NOT_PLUGIN_PROBES:
         assert _call_key(call) == call, call
 
 

@@ -79,7 +79,6 @@ def test_a_bad_record_is_exit_2_for_every_reading_verb(tmp_path: Path) -> None:
         assert main(argv) == 2, argv
 
 
-@pytest.mark.xfail(strict=True, reason="cli/console/show/profiling/resume switch in the same change")
 def test_the_host_reads_the_record_as_attributes() -> None:
     """`record[...]` only at the record's (de)serialisation: harness/records.py."""
     out = subprocess.run(["git", "grep", "-nE", r"\brecord\[", "--", "harness/*.py"],

@@ -48,7 +48,7 @@ def draw_coco(ctx: ShowContext) -> tuple[Any, int]:
         for d in dets:
             name = names.get(d["category_id"], str(d["category_id"]))
             _box(ax_pred, d["bbox"], PRED, f"{name} {d['score']:.2f}", dashed=True)
-    fig.suptitle(f"{ctx.record.get('workload')} {ctx.run_dir.name}: ground truth (left) | "
+    fig.suptitle(f"{ctx.record.workload} {ctx.run_dir.name}: ground truth (left) | "
                  f"predictions >= {ctx.score_thr:g} (right)")
     fig.tight_layout()
     return fig, len(images)

@@ -114,7 +114,7 @@ def draw_nuscenes(ctx: ShowContext) -> tuple[Any, int]:
             cax.set_xlim(0, size[0])
             cax.set_ylim(size[1], 0)
             cax.set_title(cam, fontsize=8)
-    fig.suptitle(f"{ctx.record.get('workload')} {ctx.run_dir.name}: ground truth (green) | "
+    fig.suptitle(f"{ctx.record.workload} {ctx.run_dir.name}: ground truth (green) | "
                  f"predictions >= {ctx.score_thr:g} (red, dashed in BEV)")
     fig.tight_layout()
     return fig, len(tokens)

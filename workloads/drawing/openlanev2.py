@@ -105,7 +105,7 @@ def draw_openlanev2(ctx: ShowContext) -> tuple[Any, int]:
         _elements(ax_img, g_te, GT, dashed=False, tag="")
         _elements(ax_img, p_te, PRED, dashed=True, tag="p")
         ax_img.set_title(f"{FRONT}: GT {len(g_te)} / pred {len(p_te)} elements", fontsize=7)
-    fig.suptitle(f"{ctx.record.get('workload')} {ctx.run_dir.name}: ground truth (green), "
+    fig.suptitle(f"{ctx.record.workload} {ctx.run_dir.name}: ground truth (green), "
                  f"predictions (red), topology (blue: lane-lane edges, Tk: lane-element links)",
                  fontsize=9)
     fig.tight_layout()

@@ -62,7 +62,7 @@ def draw_tusimple(ctx: ShowContext) -> tuple[Any, int]:
         ax_pred.set_title(f"pred: {len(p['lanes'])} lanes" + (" + drivable" if pred_mask else ""),
                           fontsize=9)
         ax_gt.text(2, 2, p["raw_file"], color="white", fontsize=6, va="top")
-    fig.suptitle(f"{ctx.record.get('workload')} {ctx.run_dir.name}: ground truth (left) | "
+    fig.suptitle(f"{ctx.record.workload} {ctx.run_dir.name}: ground truth (left) | "
                  "predictions (right)")
     fig.tight_layout()
     return fig, len(preds)
