@@ -209,13 +209,16 @@ def test_a_failed_write_leaves_no_temp_file_and_keeps_the_previous(tmp_path: Pat
 def test_config_dataclass_round_trip() -> None:
     """The recorded config (JSON) reads back as the same RunConfig."""
     from harness.config import RunConfig
+    from harness.records import SCHEMA
     from harness.resume import recorded_config
 
     cfg = RunConfig(workload="tiny", overrides=("lr=0.2",), steps=5, checkpoint_interval=2)
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"resume-rt-{os.getpid()}"
     folder.mkdir(exist_ok=True)
     (folder / "record.json").write_text(json.dumps(
-        {"kind": "train", "status": "interrupted", "config": {"run": cfg.to_dict()}}))
+        {"schema": SCHEMA, "kind": "train", "workload": "tiny", "scale": "smoke",
+         "backend": "cpu", "precision": "fp32", "status": "interrupted",
+         "config": {"run": cfg.to_dict()}}))
     back, _ = recorded_config(folder)
     assert dataclasses.replace(back, out=None) == cfg
     shutil.rmtree(folder)
