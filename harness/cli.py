@@ -104,8 +104,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     _add_list(sub)
     _add_run(sub, with_plugins=verb == "run")
-    eval_cli.add_eval(sub, full=verb == "eval")
-    eval_cli.add_export(sub, full=verb == "export")
+    eval_cli.add_eval(sub)
+    eval_cli.add_export(sub)
     for add in _extra_verbs():
         add(sub)
     return parser

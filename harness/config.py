@@ -222,6 +222,62 @@ class RunConfig:
         return out
 
 
+_ONNX = "inference-only backends (onnxruntime)"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One `harness eval` (and, for the fields that say which model and data, `harness
+    export`): each field is an option, as RunConfig's are; stored in the eval record
+    ("config.run")."""
+
+    workload: str = option(help="workload name", positional=True)
+    checkpoint: Path = option(
+        help="a run's checkpoint.pt, or a bare state dict (loaded weights_only)")
+    backend: str = option("cpu", "backend name (default cpu)")
+    mode: str = option("", "execution mode (validated against the backend)",
+                       switches=("lazy", "eager", "compile"))
+    precision: str = option("fp32", "inference precision (default fp32)",
+                            choices=("fp32", "bf16", "fp16"))
+    scale: str | None = option(None, "preset (default: the one the checkpoint's config matches)")
+    data: Path | None = option(None, "dataset root (default: the synthetic data)")
+    batch_size: int | None = option(None, "eval batch size (default: the preset's "
+                                          "eval_batch_size)")
+    warmup_batches: int | None = option(None, "untimed batches first (default 2, at most "
+                                              "batches - 1)")
+    seed: int = option(0, "seed (default 0)")
+    overrides: tuple[str, ...] = option(
+        (), "override a workload config field (not compared with the checkpoint)",
+        flag="--set", metavar="KEY=VALUE")
+    out: Path | None = option(None, "eval folder (default runs/eval-<workload>-...)")
+    cache_dir: Path | None = option(None, "where synthetic data is written")
+    num_workers: int | None = option(None, "DataLoader workers", flag="--workers")
+    emulate: bool = option(False, "run on a CPU-emulated device (portability dry run)")
+    onnx: Path | None = option(None, "run this exported graph (default: export one from the "
+                                     "checkpoint into the eval folder)", group=_ONNX)
+    opset: int | None = option(None, "ONNX opset when exporting (default 17)", group=_ONNX)
+    agreement_batches: int = option(0, "batches compared with the PyTorch model output by "
+                                       "output (0 = all)", group=_ONNX)
+    profile: bool = option(False, "torch.profiler trace of the first timed batches (<out>/"
+                                  "profile_trace.json) and a per-component time table in the "
+                                  "record")
+    profile_steps: int = option(3, "batches to profile")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in out.items()}
+
+    def user_set(self) -> frozenset[str]:
+        """Workload config fields set on purpose: never compared with the checkpoint's."""
+        keys = {o.split("=", 1)[0].strip().split(".")[0] for o in self.overrides}
+        if self.batch_size is not None:
+            keys.add("eval_batch_size")
+        if self.num_workers is not None:
+            keys.add("num_workers")
+        return frozenset(keys)
+
+
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):

@@ -1,10 +1,8 @@
 """The inference verbs of `harness`: eval and export (added by harness/cli.py).
 
-`harness eval`'s options are generated from EvalConfig's fields (harness/config.py),
-so a new EvalConfig field is a new flag whose value reaches EvalConfig with no mapping here.
-EvalConfig lives beside code that imports torch (harness/eval_config.py), so these parsers
-get their options only when their verb is the one parsed (`full`): `harness --help`, check,
-parity and gate stay torch-free.
+`harness eval`'s options are generated from EvalConfig's fields (harness/config.py, beside
+RunConfig, torch-free), so a new EvalConfig field is a new flag whose value reaches
+EvalConfig with no mapping here.
 """
 from __future__ import annotations
 
@@ -12,53 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from harness.config import EvalConfig, add_config_arguments, config_values
 from harness.errors import EXIT_FAILED, EXIT_OK, UsageError
 
-# The documentation of EvalConfig's fields as command-line options (a field's own
-# dataclasses metadata, if it has any, wins). A field missing here still gets its flag.
-EVAL_FIELD_DOCS: dict[str, dict[str, Any]] = {
-    "workload": {"help": "workload name", "positional": True},
-    "checkpoint": {"help": "a run's checkpoint.pt, or a bare state dict (loaded weights_only)"},
-    "backend": {"help": "backend name (default cpu)"},
-    "mode": {"help": "execution mode (validated against the backend)",
-             "switches": ("lazy", "eager", "compile")},
-    "precision": {"help": "inference precision (default fp32)",
-                  "choices": ("fp32", "bf16", "fp16")},
-    "scale": {"help": "preset (default: the one the checkpoint's config matches)"},
-    "data": {"help": "dataset root (default: the synthetic data)"},
-    "batch_size": {"help": "eval batch size (default: the preset's)"},
-    "warmup_batches": {"help": "untimed batches first (default 2)"},
-    "seed": {"help": "seed (default 0)"},
-    "overrides": {"help": "override a workload config field (not compared with the checkpoint)",
-                  "flag": "--set", "metavar": "KEY=VALUE"},
-    "out": {"help": "eval folder (default runs/eval-<workload>-...)"},
-    "cache_dir": {"help": "where synthetic data is written"},
-    "num_workers": {"help": "DataLoader workers", "flag": "--workers"},
-    "emulate": {"help": "run on a CPU-emulated device (portability dry run)"},
-    "onnx": {"help": "run this exported graph (default: export one from the checkpoint into "
-                     "the eval folder)", "group": "inference-only backends (onnxruntime)"},
-    "opset": {"help": "ONNX opset when exporting (default 17)",
-              "group": "inference-only backends (onnxruntime)"},
-    "agreement_batches": {"help": "batches compared with the PyTorch model output by output "
-                                  "(0 = all)", "group": "inference-only backends (onnxruntime)"},
-    "profile": {"help": "torch.profiler trace of the first timed batches (<out>/"
-                        "profile_trace.json) and a per-component time table in the record"},
-    "profile_steps": {"help": "batches to profile"},
-}
 # `harness export` takes the fields that say which model and data, as eval does.
 _EXPORT_FIELDS = ("workload", "checkpoint", "scale", "data", "cache_dir", "overrides")
 
 
-def _eval_config() -> type[Any]:
-    from harness.eval_config import EvalConfig  # imports torch
-
-    return EvalConfig
-
-
-# ----------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.config import config_values
-    from harness.evaluation import EvalConfig, run_eval
+    from harness.evaluation import run_eval
     from harness.run_checks import validate_eval_numbers
 
     validate_eval_numbers(args)
@@ -82,16 +42,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK if record.status == "ok" else EXIT_FAILED
 
 
-def add_eval(sub: Any, full: bool = True) -> None:
-    """The eval verb; its options (from EvalConfig, which imports torch) only when `full`."""
+def add_eval(sub: Any) -> None:
+    """The eval verb; its options from EvalConfig's fields."""
     p = sub.add_parser("eval", help="evaluate trained weights: metrics, predictions, inference "
                                     "speed and memory, as a record with kind 'eval'")
     p.set_defaults(func=cmd_eval)
-    if not full:
-        return
-    from harness.config import add_config_arguments
-
-    add_config_arguments(p, _eval_config(), EVAL_FIELD_DOCS)
+    add_config_arguments(p, EvalConfig)
     p.add_argument("--overwrite", action="store_true",
                    help="--out DIR holds a previous evaluation: delete its files first "
                         "(default: refused; a training run's folder is always refused)")
@@ -117,16 +73,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_export(sub: Any, full: bool = True) -> None:
-    """The export verb; its options only when `full` (as for eval)."""
+def add_export(sub: Any) -> None:
+    """The export verb; its options from EvalConfig's fields that say which model and data."""
     p = sub.add_parser("export", help="export a checkpoint's network forward (ONNX, fixed HxW, "
                                       "dynamic batch), checked with onnx.checker")
     p.set_defaults(func=cmd_export)
-    if not full:
-        return
-    from harness.config import add_config_arguments
-
-    add_config_arguments(p, _eval_config(), EVAL_FIELD_DOCS, only=_EXPORT_FIELDS)
+    add_config_arguments(p, EvalConfig, only=_EXPORT_FIELDS)
     p.add_argument("--format", default="onnx", help="onnx (the only one)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     p.add_argument("--out", type=Path, help="output file (default: model.onnx beside the "

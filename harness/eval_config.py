@@ -14,48 +14,10 @@ from typing import Any
 
 from harness import plugins
 from harness.api import Workload
-from harness.config import WORKLOAD_RUN_FIELDS, apply_overrides, config_to_dict
+from harness.config import WORKLOAD_RUN_FIELDS, EvalConfig, apply_overrides, config_to_dict
 from harness.errors import UsageError
 from harness.prepare import DEFAULT_CACHE, check_requirements, instantiate_workload
 from harness.safe_load import Checkpoint, load_checkpoint
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    workload: str
-    checkpoint: Path
-    backend: str = "cpu"
-    mode: str = ""
-    precision: str = "fp32"
-    scale: str | None = None  # None: the preset the checkpoint's config matches
-    data: Path | None = None
-    batch_size: int | None = None  # eval batch size (default: the preset's eval_batch_size)
-    warmup_batches: int | None = None  # None: min(2, batches - 1)
-    seed: int = 0
-    overrides: tuple[str, ...] = ()
-    out: Path | None = None
-    cache_dir: Path | None = None
-    num_workers: int | None = None
-    emulate: bool = False
-    onnx: Path | None = None  # inference-only backends: this graph instead of exporting one
-    opset: int | None = None
-    agreement_batches: int = 0  # inference-only backends: batches compared with PyTorch; 0 = all
-    profile: bool = False  # torch.profiler trace + per-component table of the timed batches
-    profile_steps: int = 3
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in out.items()}
-
-    def user_set(self) -> frozenset[str]:
-        """Workload config fields set on purpose: never compared with the checkpoint's."""
-        keys = {o.split("=", 1)[0].strip().split(".")[0] for o in self.overrides}
-        if self.batch_size is not None:
-            keys.add("eval_batch_size")
-        if self.num_workers is not None:
-            keys.add("num_workers")
-        return frozenset(keys)
 
 
 def _build_config(workload_cls: type[Workload], scale: str, cfg: EvalConfig) -> Any:

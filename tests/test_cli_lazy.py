@@ -166,6 +166,11 @@ def test_run_help_imports_no_torch() -> None:
     assert "torch" not in _modules_after(["run", "--help"])
 
 
+def test_eval_help_imports_no_torch() -> None:
+    """EvalConfig declares eval's options beside RunConfig, torch-free."""
+    assert "torch" not in _modules_after(["eval", "--help"])
+
+
 def test_main_quiets_third_party_console_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.cli import main
 
