@@ -89,3 +89,29 @@ def harness_run(request: pytest.FixtureRequest, tmp_path: Path,
         return execute(RunConfig(workload=workload, **kwargs))
 
     return run
+
+
+def assert_passes_reference_rows(record: Record, table: str, scale: str = "smoke") -> None:
+    """A workload test's accuracy gate: `harness check` of `record` against the reference
+    rows of `scale` in `table` (reference_results/<table>.csv) passes. The rows are the one
+    source of the numbers: tests, CI and users' `harness check` judge by the same figures."""
+    from harness.checking import check_record
+    from harness.reference import reference_dir
+
+    result = check_record(record, reference_dir())
+    assert result.match is not None, result.summary
+    row = result.match.rows[0]
+    assert Path(row.file).stem == table and row.scale == scale, result.match.describe()
+    verdicts = [(v.metric, v.measured, v.row.value, v.row.band(), v.status)
+                for v in result.verdicts]
+    assert result.passed, (result.summary, verdicts)
+
+
+def reference_floor(table: str, metric: str, scale: str = "smoke") -> float:
+    """The lowest value the CPU training row of a higher-is-better metric accepts."""
+    from harness.reference import load_table, reference_dir
+
+    rows = [r for r in load_table(reference_dir() / f"{table}.csv") if r.scale == scale
+            and r.kind == "train" and r.backend == "cpu" and r.metric == metric]
+    assert len(rows) == 1, rows
+    return rows[0].value - rows[0].band()

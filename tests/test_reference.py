@@ -204,3 +204,24 @@ def test_update_keeps_the_configuration_a_fitting_row_pins(tiny_runs: list[Path]
     assert main(["check", str(tmp_path / "f4"), "--update", "--reference-dir", str(ref)]) == 0
     configs = {r.config for r in load_table(ref / "tiny.csv")}
     assert "features=4" in configs and "classes=3" in configs
+
+
+def test_the_workload_gate_helper_judges_by_the_repository_rows() -> None:
+    """workloads' gate tests call harness.pytest_plugin.assert_passes_reference_rows: a record
+    at the smoke rows' values passes, one below a row's band fails naming the metric."""
+    from harness.pytest_plugin import assert_passes_reference_rows, reference_floor
+
+    ref = Path(__file__).resolve().parents[1] / "reference_results"
+    rows = [r for r in load_table(ref / "yolov3.csv") if r.scale == "smoke"
+            and r.kind == "train" and r.backend == "cpu"]
+    record = Record.from_json({
+        "schema": SCHEMA, "workload": "yolov3", "scale": "smoke", "backend": "cpu",
+        "precision": "fp32", "mode": "eager", "status": "ok", "env": {"device_name": "x86_64"},
+        "metrics": {r.metric: r.value for r in rows},
+        "config": {"run": {"overrides": []}, "workload": {"num_classes": 4}}})
+    assert_passes_reference_rows(record, "yolov3")
+    with pytest.raises(AssertionError):
+        assert_passes_reference_rows(record, "bevdepth")  # the row must be the named table's
+    record.metrics["AP"] = reference_floor("yolov3", "AP") - 0.01
+    with pytest.raises(AssertionError, match="AP"):
+        assert_passes_reference_rows(record, "yolov3")

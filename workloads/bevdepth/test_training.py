@@ -1,12 +1,11 @@
 """Smoke training from an untrained start to the NDS/mAP gate, through the harness."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.checking import check_record
+from harness.pytest_plugin import assert_passes_reference_rows
 
 NUSCENES_METRICS = {"mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "NDS"}
 
@@ -15,18 +14,10 @@ NUSCENES_METRICS = {"mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "NDS"}
 # reference_results/README.md): mean - tolerance for higher-is-better metrics (NDS, mAP),
 # mean + tolerance for the errors. Untrained: NDS 0.044 / mAP 0.000 (NDS is not 0 untrained:
 # its TP-error terms saturate at 1).
-REFERENCE = Path(__file__).resolve().parents[2] / "reference_results"
-
-
 def _check_trained(record: dict[str, Any], workload: str) -> None:
     assert record["status"] == "ok"
     assert NUSCENES_METRICS <= set(record["metrics"])
-    result = check_record(record, REFERENCE)
-    assert result.match is not None, result.summary
-    row = result.match.rows[0]
-    assert Path(row.file).stem == workload and row.scale == "smoke", result.match.describe()
-    verdicts = [(v.metric, v.measured, v.status) for v in result.verdicts]
-    assert result.passed, (result.summary, verdicts)
+    assert_passes_reference_rows(record, workload)
 
 
 def test_untrained_bevdepth_scores_near_zero(harness_run) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from harness.checking import check_record
+from harness.pytest_plugin import assert_passes_reference_rows
 from tests.tusimple_official import score_files
 
 LANE_METRICS = {"Accuracy", "FP", "FN", "F1"}
@@ -19,19 +19,6 @@ IOU_METRICS = {"drivable_IoU_mean", "drivable_IoU_median", "drivable_mIoU",
 # source of numbers: seeds and CPU kernel paths in their `source` and in
 # reference_results/README.md). Untrained: F1 0, Accuracy 0 (no keypoint above the 0.3
 # threshold), IoU mean below 0.7.
-REFERENCE = Path(__file__).resolve().parents[2] / "reference_results"
-
-
-def _assert_passes_smoke_rows(record: dict[str, Any]) -> None:
-    """`harness check` of the record against the smoke rows of reference_results (the gate)."""
-    result = check_record(record, REFERENCE)
-    assert result.match is not None and result.match.rows[0].scale == "smoke", result.summary
-    verdicts = [(v.metric, v.measured, round(v.row.value - v.row.band(), 4)
-                 if v.row.direction == "higher" else round(v.row.value + v.row.band(), 4),
-                 v.status) for v in result.verdicts]
-    assert result.passed, (result.summary, verdicts)
-
-
 def _rescore(record: dict[str, Any], out: Path) -> dict[str, float]:
     info = record["predictions"]
     assert info["format"] == "tusimple" and info["split"] == "test"
@@ -50,7 +37,7 @@ def test_smoke_trains_to_gate_and_official_rescoring_agrees(
         harness_run: Callable[..., dict[str, Any]], harness_cache: Path, tmp_path: Path) -> None:
     record = harness_run("lanes", out=tmp_path / "smoke")
     assert record["status"] == "ok", record.get("error")
-    _assert_passes_smoke_rows(record)
+    assert_passes_reference_rows(record, "lanes")
     m = record["metrics"]
     official = _rescore(record, tmp_path / "smoke")
     for name in LANE_METRICS:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from harness.checking import check_record
-from harness.reference import load_table
+from harness.pytest_plugin import assert_passes_reference_rows, reference_floor
 
 OLV2_METRICS = {"DET_l", "DET_t", "TOP_ll", "TOP_lt", "OLS", "F_score"}
 # A small synthetic set for the plumbing tests (the smoke preset's own set is the gate's).
@@ -18,25 +16,6 @@ SMALL = ("synthetic_train_segments=2", "synthetic_val_segments=1",
 # The gate is `harness check` against the smoke rows of reference_results/openlanev2.csv (one
 # source of numbers: seeds and CPU kernel paths in their `source` and in
 # reference_results/README.md). A higher-is-better row fails only below value - tolerance.
-REFERENCE = Path(__file__).resolve().parents[2] / "reference_results"
-
-
-def _smoke_floor(metric: str) -> float:
-    """The lowest value the smoke train row on the CPU accepts for `metric`."""
-    rows = [r for r in load_table(REFERENCE / "openlanev2.csv") if r.scale == "smoke"
-            and r.kind == "train" and r.backend == "cpu" and r.metric == metric]
-    assert len(rows) == 1, rows
-    return rows[0].value - rows[0].band()
-
-
-def _assert_passes_smoke_rows(record: dict[str, Any]) -> None:
-    result = check_record(record, REFERENCE)
-    assert result.match is not None and result.match.rows[0].scale == "smoke", result.summary
-    verdicts = [(v.metric, v.measured, round(v.row.value - v.row.band(), 4), v.status)
-                for v in result.verdicts]
-    assert result.passed, (result.summary, verdicts)
-
-
 def test_untrained_scores_zero(harness_run) -> None:
     record = harness_run("openlanev2", steps=1, warmup_steps=0, overrides=("lr=0",))
     assert record["status"] == "ok", record.get("error")
@@ -47,14 +26,14 @@ def test_untrained_scores_zero(harness_run) -> None:
     assert m["DET_t"] < 0.001 and m["OLS"] < 0.001, m
     # The gate has teeth: the untrained model is far below the rows' floors.
     for name in ("DET_l", "F_score"):
-        assert m[name] < _smoke_floor(name) / 4, (name, m)
+        assert m[name] < reference_floor("openlanev2", name) / 4, (name, m)
 
 
 def test_smoke_trains_to_gate(harness_run) -> None:
     record = harness_run("openlanev2")
     assert record["status"] == "ok", record.get("error")
     assert OLV2_METRICS <= set(record["metrics"])
-    _assert_passes_smoke_rows(record)
+    assert_passes_reference_rows(record, "openlanev2")
 
 
 def test_trains_on_a_real_size_root_it_has_never_seen_and_the_file_rescores(harness_run,

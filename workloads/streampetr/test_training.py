@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,35 +12,13 @@ import torch
 
 pytest.importorskip("nuscenes", reason="nuscenes-devkit (extra 'bevdepth') is not installed")
 
-from harness.checking import check_record  # noqa: E402
-from harness.reference import load_table  # noqa: E402
+from harness.pytest_plugin import assert_passes_reference_rows, reference_floor  # noqa: E402
 from workloads.streampetr.test_streampetr import ORIGINAL_LOSS_NAMES  # noqa: E402
 
 NUSCENES_METRICS = {"mAP", "mATE", "mASE", "mAOE", "mAVE", "mAAE", "NDS"}
 # The gate is `harness check` against the smoke rows of reference_results/streampetr.csv (one
 # source of numbers: seeds and CPU kernel paths in their `source` and in
 # reference_results/README.md). Untrained (1 step, lr 0): NDS 0.0, mAP 0.0.
-REFERENCE = Path(__file__).resolve().parents[2] / "reference_results"
-
-
-def _assert_passes_smoke_rows(record: dict[str, Any]) -> None:
-    """`harness check` of the record against the smoke rows of reference_results (the gate)."""
-    result = check_record(record, REFERENCE)
-    assert result.match is not None and result.match.rows[0].scale == "smoke", result.summary
-    verdicts = [(v.metric, v.measured, round(v.row.value - v.row.band(), 4)
-                 if v.row.direction == "higher" else round(v.row.value + v.row.band(), 4),
-                 v.status) for v in result.verdicts]
-    assert result.passed, (result.summary, verdicts)
-
-
-def _smoke_floor(metric: str) -> float:
-    """The lowest value the smoke train row on the CPU accepts for a higher-is-better metric."""
-    rows = [r for r in load_table(REFERENCE / "streampetr.csv") if r.scale == "smoke"
-            and r.kind == "train" and r.backend == "cpu" and r.metric == metric]
-    assert len(rows) == 1, rows
-    return rows[0].value - rows[0].band()
-
-
 def test_predictions_file_rescored_by_the_devkit_gives_the_metrics(tmp_path: Path) -> None:
     """Noisy LIDAR-frame GT as predictions: our metric == DetectionEval on the written file."""
     import dataclasses
@@ -92,8 +69,8 @@ def test_untrained_scores_near_zero(harness_run) -> None:
     record = harness_run("streampetr", steps=1, warmup_steps=0, overrides=("lr=0",))
     assert record["status"] == "ok", record.get("error")
     # The gate has teeth: the untrained model is far below the rows' floors.
-    assert record["metrics"]["mAP"] < _smoke_floor("mAP") / 4
-    assert record["metrics"]["NDS"] < _smoke_floor("NDS") / 2
+    assert record["metrics"]["mAP"] < reference_floor("streampetr", "mAP") / 4
+    assert record["metrics"]["NDS"] < reference_floor("streampetr", "NDS") / 2
     assert record["predictions"]["format"] == "nuscenes-detection"
     assert set(record["losses"][-1]) >= {"frame_0_loss_cls", "frame_0_enc_loss_iou", "frame_0_dn_loss_bbox"}
 
@@ -102,7 +79,7 @@ def test_smoke_trains_to_gate(harness_run) -> None:
     record = harness_run("streampetr")
     assert record["status"] == "ok", record.get("error")
     assert NUSCENES_METRICS <= set(record["metrics"])
-    _assert_passes_smoke_rows(record)
+    assert_passes_reference_rows(record, "streampetr")
 
 
 def test_trains_on_a_1600x900_root_it_has_never_seen(harness_run, tmp_path) -> None:

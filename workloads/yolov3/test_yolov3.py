@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 import torch
 
-from harness.checking import check_record
+from harness.pytest_plugin import assert_passes_reference_rows
 from workloads.layers import nms as nms_module
 from workloads.layers.nms import batched_nms, box_iou, nms
 from workloads.yolov3 import YOLOv3Workload
@@ -234,9 +233,7 @@ def test_smoke_training_reaches_reference(harness_run: Callable[..., dict[str, A
     # The gate is `harness check` against the smoke rows of reference_results/yolov3.csv (one
     # source of numbers: seeds and CPU kernel paths in their `source` and in
     # reference_results/README.md).
-    result = check_record(record, Path(__file__).resolve().parents[2] / "reference_results")
-    assert result.match is not None and result.match.rows[0].scale == "smoke", result.summary
-    assert result.passed, (result.summary, [(v.metric, v.measured, v.status) for v in result.verdicts])
+    assert_passes_reference_rows(record, "yolov3")
 
 
 def test_backbone_weights_load_from_a_local_file(tmp_path: Any) -> None:
