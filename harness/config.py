@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from harness.errors import ConfigError, UsageError
-from harness.workload_config import WorkloadConfig
 
 # ------------------------------------------------------------- options from fields
 # What a field's metadata may say (anything else is a typo, refused when the flags are built).
@@ -417,6 +416,13 @@ def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
     return None
 
 
+@typing.runtime_checkable
+class Validates(typing.Protocol):
+    """A workload config with rules across its fields (WorkloadConfig.validate's contract)."""
+
+    def validate(self) -> None: ...
+
+
 def check_config_values(cfg: Any, prefix: str = "") -> None:
     """Every numeric field of (nested) config dataclass `cfg` finite, and in the range its
     name implies; then the config's own `validate()` if it has one. ConfigError (exit 2)
@@ -435,7 +441,7 @@ def check_config_values(cfg: Any, prefix: str = "") -> None:
         rule = _range_rule(f.name)
         if rule is not None and not all(rule[1](v) for v in numbers):
             raise ConfigError.bad_value(key, value, rule[0])
-    if isinstance(cfg, WorkloadConfig):
+    if isinstance(cfg, Validates):  # WorkloadConfig, or a plugin config declaring validate()
         cfg.validate()
 
 
