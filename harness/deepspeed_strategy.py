@@ -25,6 +25,7 @@ import torch
 
 from harness.errors import MissingExtra, UsageError
 from harness.strategies import MAIN_ONLY_TIMEOUT, Strategy
+from harness.workload_config import WorkloadConfig
 
 if TYPE_CHECKING:
     from harness.api import Backend
@@ -134,7 +135,9 @@ class DeepSpeedStrategy(Strategy):
 
     # -- config --
     def build_config(self, run: RunConfig) -> dict[str, Any]:
-        cfg = self.workload_config
+        # The workload's config once setup() ran; before (a config file checked on its own)
+        # WorkloadConfig's declared defaults apply.
+        cfg = self.workload_config or WorkloadConfig()
         batch = int(cfg.batch_size or 1)
         grad_clip = cfg.grad_clip
         if not self.config_path:
