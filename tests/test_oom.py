@@ -35,6 +35,9 @@ class OomWorkload(TinyWorkload):
     name = "tiny_oom"
     Config = OomConfig
 
+    def memory_hints(self) -> list[str]:  # the declared hook, as streampetr's
+        return [] if self.config.with_cp else ["--set with_cp=true (activation checkpointing)"]
+
     @classmethod
     def presets(cls) -> dict[str, OomConfig]:
         return {"smoke": OomConfig(), "full": OomConfig()}
@@ -93,7 +96,7 @@ def test_a_workload_without_with_cp_gets_no_with_cp_hint() -> None:
     from harness.oom import memory_hint
 
     run = SimpleNamespace(config=SimpleNamespace(grad_accum=1, precision="fp32"),
-                          workload=SimpleNamespace(config=TinyConfig(batch_size=1)))
+                          workload=TinyWorkload(TinyConfig(batch_size=1)))
     assert memory_hint(run) == ("to lower memory try: --batch-size, --grad-accum 2 (same "
                                 "global batch with half the --batch-size), --precision bf16 "
                                 "(or fp16)")

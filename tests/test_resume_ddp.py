@@ -199,9 +199,11 @@ def test_resume_relaunches_into_the_recorded_folder(tmp_path: Path,
     from harness import cli, launch
     from harness.config import RunConfig
     from harness.launch import add_launch_arguments, torchrun_command
+    from harness.records import SCHEMA
 
     (tmp_path / "record.json").write_text(json.dumps(
-        {"kind": "train", "status": "interrupted", "world_size": 2,
+        {"schema": SCHEMA, "kind": "train", "workload": "tiny", "scale": "smoke",
+         "backend": "cpu", "precision": "fp32", "status": "interrupted", "world_size": 2,
          "config": {"run": RunConfig(workload="tiny", steps=5).to_dict()}}))
     launched: list[list[str]] = []
     monkeypatch.setattr(launch, "run_process_tree", lambda cmd: launched.append(cmd) or 0)

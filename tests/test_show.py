@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.records import SCHEMA
 from tests.conftest import ROOT, harness_cmd
 
 pytest.importorskip("matplotlib")
@@ -23,6 +24,10 @@ WORKLOADS = {"yolov3": "pycocotools", "lanes": "scipy", "bevdepth": "nuscenes",
 # the drawer reads is the same).
 SMALLER = {"bevdepth": ("--set", "synthetic_samples_per_scene=3",
                         "--set", "synthetic_image_wh=400,225")}
+
+# The fields a record must have (harness/records.py validates what show reads).
+MINIMAL_RECORD = {"schema": SCHEMA, "kind": "train", "scale": "smoke", "backend": "cpu",
+                  "precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +87,7 @@ def test_show_imports_no_torch_and_loads_no_plugin(tmp_path: Path) -> None:
     (run / "predictions" / "dets.json").write_text(json.dumps(
         [{"image_id": 1, "category_id": 3, "bbox": [12, 11, 58, 50], "score": 0.9}]))
     (run / "record.json").write_text(json.dumps({
-        "workload": "yolov3", "status": "ok", "data": {"source": str(root)},
+        **MINIMAL_RECORD, "workload": "yolov3", "status": "ok", "data": {"source": str(root)},
         "predictions": {"format": "coco-results", "path": "predictions/dets.json", "split": "val",
                         "ground_truth": str(ann)}}))
     png = tmp_path / "coco.png"
@@ -98,7 +103,8 @@ def test_show_imports_no_torch_and_loads_no_plugin(tmp_path: Path) -> None:
 def test_a_record_without_predictions_is_one_line_exit_2(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "record.json").write_text(json.dumps({"workload": "yolov3", "status": "failed"}))
+    (run / "record.json").write_text(json.dumps({**MINIMAL_RECORD, "workload": "yolov3",
+                                                 "status": "failed"}))
     proc = _show(run)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
