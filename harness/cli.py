@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run(sub: Any, with_plugins: bool = False) -> None:
-    from harness.config import RunConfig, add_config_arguments
+    from harness.config import RunConfig
+    from harness.config_flags import add_config_arguments
 
     p = sub.add_parser("run", help="train, evaluate and record one workload on one backend",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,7 +144,8 @@ def _relaunch_distributed(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    from harness.config import RunConfig, config_values
+    from harness.config import RunConfig
+    from harness.config_flags import config_values
     from harness.runner import execute
 
     validate_run_numbers(args)

@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from harness.config import EvalConfig, add_config_arguments, config_values
+from harness.config import EvalConfig
+from harness.config_flags import add_config_arguments, config_values
 from harness.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 # `harness export` takes the fields that say which model and data, as eval does.

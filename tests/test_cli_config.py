@@ -14,7 +14,8 @@ import pytest
 import harness.config
 import harness.runner
 from harness.cli import build_parser, main
-from harness.config import RunConfig, add_config_arguments, config_values, option
+from harness.config import RunConfig
+from harness.config_flags import add_config_arguments, config_values, option
 
 
 def _verb_parser(verb: str) -> argparse.ArgumentParser:

@@ -39,8 +39,8 @@ NOT_PLUGIN_PROBES: dict[tuple[str, str], str] = {
     ("harness/config.py", "getattr(obj, name)"): "a dataclass field named by a --set key",
     ("harness/config.py", "getattr(cfg, f.name)"): "dataclass fields iterated by name",
     ("harness/config.py", "getattr(run, name)"): "RunConfig fields named in DIRECT_FIELDS",
-    ("harness/config.py", "hasattr(args, f.name)"): "argparse namespace",
-    ("harness/config.py", "getattr(args, f.name)"): "argparse namespace",
+    ("harness/config_flags.py", "hasattr(args, f.name)"): "argparse namespace",
+    ("harness/config_flags.py", "getattr(args, f.name)"): "argparse namespace",
     ("harness/cli_help.py", "getattr(ep, 'dist', None)"):
         "importlib.metadata entry point (no dist on older Pythons)",
     ("harness/plugins.py", "getattr(pm.hook, _HOOK[kind])"): "pluggy's hook relay, by hook name",
