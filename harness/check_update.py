@@ -11,7 +11,7 @@ import io
 import shlex
 import statistics
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from harness.atomic import atomic_write
 from harness.checking import config_diff

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from harness.records import Record
 from harness.reference import (

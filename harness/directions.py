@@ -11,7 +11,7 @@ A metric none of these covers has no direction: parity then says DIFFERS, never 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from harness.records import Record
 from harness.reference import MEMORY_METRIC, RefRow

@@ -5,7 +5,7 @@ except `harness_step_end`, which observers must keep cheap (no device sync).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 

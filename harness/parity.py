@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from harness.directions import headline_order, metric_directions
 from harness.errors import UsageError

@@ -3,7 +3,6 @@ line for a file that is not a record, and the host reading attributes, not keys.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 

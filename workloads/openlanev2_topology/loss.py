@@ -20,7 +20,6 @@ topology_{lclc,lcte}_loss_cls, config.topology_loss:
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
