@@ -19,6 +19,7 @@ from harness.workload_config import WorkloadConfig
 
 if TYPE_CHECKING:
     from harness.config import RunConfig
+    from harness.start_weights import WeightLayout
     from harness.strategies import Strategy
     from harness.timing import StepTimer
 
@@ -334,6 +335,22 @@ class Workload(ABC):
         raise UsageError(f"checkpoint holds workload state but workload {self.name} has no "
                          f"load_state_dict()")
 
+    # -- optional: starting weights in the originals' layouts (harness/start_weights.py) --
+    def weight_layouts(self, part: str) -> Sequence[WeightLayout]:
+        """The original layouts this workload reads for `part`: "backbone" (a pretrained
+        backbone, `--set backbone_weights=`) or "model" (a released whole-model checkpoint,
+        `--set init_checkpoint=`, `harness eval --checkpoint`). This project's own names are
+        always read; default: no other layout."""
+        return ()
+
+    def backbone(self, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The submodule `backbone_weights` is loaded into; default the model's `backbone`,
+        None when it has none (the option is then refused)."""
+        try:
+            return model.get_submodule("backbone")
+        except AttributeError:
+            return None
+
     # -- optional: how the run speaks of this workload --
     def console_line(self, run: Run, row: dict[str, Any]) -> str | None:
         """The console line of a log row (`run.last_log`) in the style of the workload's
@@ -369,5 +386,7 @@ class Run:
     trained_model: Any = None
     optimizer: Any = None
     model_info: dict[str, Any] | None = None  # params and training FLOPs per sample
+    # The files the model started from (harness/start_weights.py); empty: random weights.
+    start_weights: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     # Where record.json went (the fallback path when out_dir could not take it); set at the end.
     record_path: Path | None = None

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from harness.atomic import atomic_write
 from harness.checking import config_diff
+from harness.comparable import row_differences, schedule_of
 from harness.directions import metric_directions
 from harness.errors import UsageError
 from harness.records import Record
@@ -75,9 +76,16 @@ def _row_config(record: Record, existing: Sequence[RefRow]) -> str:
     pins, e.g. view_transform=lss), else the record's own configuration overrides."""
     for row in existing:
         if (row.scale == record.scale and row.kind == record_kind(record)
-                and not config_diff(row, record)):
+                and not config_diff(row, record) and not row_differences(row.settings, record)):
             return row.config
-    return format_config(record_overrides(record))
+    config = record_overrides(record)
+    if record.kind == "train":  # what it started from and, off the preset's, how long
+        schedule = schedule_of(record) or {}
+        if schedule.get("preset_steps") and schedule.get("optimizer_steps") != \
+                schedule.get("preset_steps"):
+            config = {"steps": str(schedule["optimizer_steps"]), **config}
+        config = {"init": record.init(), **config}
+    return format_config(config)
 
 
 def measured_rows(records: Sequence[Record], existing: Sequence[RefRow],

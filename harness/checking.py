@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from harness.comparable import START_KEYS, row_differences
 from harness.records import Record
 from harness.reference import (
     ALIAS_FILE,
@@ -44,6 +45,8 @@ from harness.reference import (
 class Match:
     rows: list[RefRow]
     reason: str
+    # Why the run did not train as the rows assume (harness/comparable.py); [] if it did.
+    not_comparable: list[str] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         r = self.rows[0]
@@ -63,7 +66,7 @@ class Match:
 def config_diff(row: RefRow, record: Record, covered: frozenset[str] = frozenset()
                 ) -> list[str]:
     """The configuration keys on which the row and the run differ, each with both values."""
-    settings = row.settings
+    settings = {k: v for k, v in row.settings.items() if k not in START_KEYS}
     diffs = []
     for key, want in settings.items():
         have = record_setting(record, key)
@@ -138,8 +141,12 @@ def _match_in(record: Record, rows: Sequence[RefRow], name: str,
                 _axis(r.world_size, rec["world_size"]), _axis(r.mode, rec["mode"]),
                 _axis(r.weights_dtype, rec["weights_dtype"]), int(r.device == rec["device"]))
 
-    best = max(same_weights, key=score)  # max keeps the first of equals: file order
-    return Match(best, _reason(best[0], rec)), ""
+    # Rows measured with the run's starting weights and schedule win; if none was, the
+    # closest still matches, and the verdict says why its accuracy cannot judge the run.
+    unlike = {id(rs): row_differences(rs[0].settings, record) for rs in same_weights}
+    alike = [rs for rs in same_weights if not unlike[id(rs)]] or same_weights
+    best = max(alike, key=score)  # max keeps the first of equals: file order
+    return Match(best, _reason(best[0], rec), unlike[id(best)]), ""
 
 
 def find_match(record: Record, ref_dir: Path) -> tuple[Match | None, str]:
@@ -178,7 +185,7 @@ class Verdict:
     metric: str
     measured: float | None
     row: RefRow
-    status: str  # pass | FAIL | missing | skip | info
+    status: str  # pass | FAIL | missing | skip | info | not comparable
     note: str = ""
 
 
@@ -214,8 +221,9 @@ def same_hardware(row: RefRow, record: Record) -> str:
     return ""
 
 
-def compare(record: Record, match: Match) -> list[Verdict]:
+def compare(record: Record, match: Match, compare_anyway: bool = False) -> list[Verdict]:
     out: list[Verdict] = []
+    unlike = "; ".join(match.not_comparable) if not compare_anyway else ""
     for row in match.rows:
         value, why = record_value(record, row.metric)
         if value is None:
@@ -223,7 +231,9 @@ def compare(record: Record, match: Match) -> list[Verdict]:
             out.append(Verdict(row.metric, None, row, status, why))
             continue
         other = same_hardware(row, record) if row.metric in PERF_METRICS else ""
-        if other:
+        if unlike and row.metric not in PERF_METRICS:
+            out.append(Verdict(row.metric, value, row, "not comparable", unlike))
+        elif other:
             out.append(Verdict(row.metric, value, row, "info", f"{other}: for information"))
         else:
             ok = compare_value(value, row)
@@ -240,14 +250,21 @@ class CheckResult:
     passed: bool
     summary: str
 
+    @property
+    def not_comparable(self) -> bool:
+        """Not judged: the run did not train as the rows assume (harness/comparable.py)."""
+        return not self.passed and self.summary.startswith("not comparable")
 
-def check_record(record: Record, ref_dir: Path) -> CheckResult:
-    """Match and compare one record; never a pass without a matched, compared metric."""
+
+def check_record(record: Record, ref_dir: Path, compare_anyway: bool = False) -> CheckResult:
+    """Match and compare one record; never a pass without a matched, compared metric.
+    A run that did not start or train as the matched rows assume is "not comparable" (not a
+    pass) unless `compare_anyway`, which judges its metrics all the same."""
     table = table_path(record.workload, ref_dir)
     match, why = find_match(record, ref_dir)
     if match is None:
         return CheckResult(record, table, None, [], False, f"no matching row: {why}")
-    verdicts = compare(record, match)
+    verdicts = compare(record, match, compare_anyway)
     bad = [v.metric for v in verdicts if v.status in ("FAIL", "missing")]
     compared = [v for v in verdicts if v.status in ("pass", "FAIL")]
     if record.status != "ok":
@@ -257,6 +274,10 @@ def check_record(record: Record, ref_dir: Path) -> CheckResult:
                            + (f": {err[0]}" if err else ""))
     if bad:
         return CheckResult(record, table, match, verdicts, False, "failed: " + ", ".join(bad))
+    if match.not_comparable and not compare_anyway:
+        return CheckResult(record, table, match, verdicts, False,
+                           "not comparable: " + "; ".join(match.not_comparable)
+                           + " (accuracy not judged; --compare-anyway judges it all the same)")
     if not compared:
         return CheckResult(record, table, match, verdicts, False,
                            "no metric could be compared (all skipped or other hardware)")

@@ -86,7 +86,7 @@ class RunProgress:
     a checkpoint of a run of another length is refused before anything changes."""
 
     keys = ("workload", "step", "epoch", "workload_config", "micro_steps", "total_steps",
-            "model_info")
+            "model_info", "start_weights")  # start_weights: None in older checkpoints
 
     def __init__(self, run: Any) -> None:
         self.run = run
@@ -96,7 +96,7 @@ class RunProgress:
         return {"workload": run.config.workload, "step": run.step, "epoch": run.epoch,
                 "workload_config": config_to_dict(run.workload.config),
                 "micro_steps": run.micro_steps, "total_steps": run.total_steps,
-                "model_info": run.model_info}
+                "model_info": run.model_info, "start_weights": run.start_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         run = self.run
@@ -105,6 +105,7 @@ class RunProgress:
                              f"run has {run.total_steps}")
         run.step, run.epoch, run.micro_steps = state["step"], state["epoch"], state["micro_steps"]
         run.model_info = state["model_info"]
+        run.start_weights = list(state.get("start_weights") or [])
 
 
 class RunHistory:

@@ -101,3 +101,16 @@ def prepare_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, Any, str]:
     data = workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
     check_checkpoint_config(cfg, workload, ckpt, scale)
     return workload, ckpt, data, scale
+
+
+def load_checkpoint_into(model: Any, workload: Workload, ckpt: Checkpoint, cfg: EvalConfig,
+                         scale: str) -> str:
+    """The checkpoint's weights into the built model, strictly, in this project's names or
+    a layout the workload declares (an original's release); returns the names' layout."""
+    from harness.start_weights import load_model_weights
+
+    hint = ("" if cfg.scale is not None or ckpt.workload_config is not None else
+            f" (the '{scale}' preset was built; a released checkpoint needs --scale full)")
+    return load_model_weights(model, ckpt.state_dict, Path(cfg.checkpoint),
+                              workload.weight_layouts("model"), hint)
+

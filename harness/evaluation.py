@@ -22,7 +22,12 @@ from harness import plugins
 from harness.api import Workload
 from harness.config import RunConfig, config_to_dict
 from harness.errors import UsageError
-from harness.eval_config import EvalConfig, build_workload, check_checkpoint_config
+from harness.eval_config import (
+    EvalConfig,
+    build_workload,
+    check_checkpoint_config,
+    load_checkpoint_into,
+)
 from harness.inference import raw_output_agreement, run_inference
 from harness.lifecycle import Job, backend_memory, fallback_ops
 from harness.oom import describe_oom, eval_memory_hint
@@ -30,7 +35,7 @@ from harness.outdir import (RecordWriter, RunFolder, claim_run_folder, default_r
                             write_predictions)
 from harness.prepare import PreparedRun, resolve_run, setup_run
 from harness.records import Record, environment
-from harness.safe_load import Checkpoint, load_weights
+from harness.safe_load import Checkpoint
 
 
 def default_out_dir(cfg: EvalConfig) -> Path:
@@ -133,7 +138,9 @@ def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir:
     device = prepared.device or torch.device("cpu")
     record.env = environment(backend.describe())
     torch_model = workload.build_model()
-    load_weights(torch_model, ckpt, cfg.checkpoint)
+    names = load_checkpoint_into(torch_model, workload, ckpt, cfg, record.scale)
+    if record.checkpoint is not None:  # layout: the file's kind; names: whose key names
+        record.checkpoint["names"] = names
     torch_model.eval()
     record.model["params"] = sum(p.numel() for p in torch_model.parameters())
     batch_size = _batch_size(workload)

@@ -144,15 +144,14 @@ def export_for_checkpoint(workload_name: str, checkpoint: Path, out: Path | None
                           cache_dir: Path | None = None,
                           overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """`harness export`: the checkpoint's model, traced on the first val batch, to ONNX."""
-    from harness.eval_config import EvalConfig, prepare_workload
-    from harness.safe_load import load_weights
+    from harness.eval_config import EvalConfig, load_checkpoint_into, prepare_workload
 
     require_onnx()
     cfg = EvalConfig(workload=workload_name, checkpoint=Path(checkpoint), scale=scale, data=data,
                      cache_dir=cache_dir, overrides=overrides)
-    workload, ckpt, datasets, _ = prepare_workload(cfg)
+    workload, ckpt, datasets, scale = prepare_workload(cfg)
     model = workload.build_model()
-    load_weights(model, ckpt, cfg.checkpoint)
+    load_checkpoint_into(model, workload, ckpt, cfg, scale)
     model.eval()
     loader = torch.utils.data.DataLoader(
         datasets.val, batch_size=workload.config.eval_batch_size or 1,

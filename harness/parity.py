@@ -14,10 +14,11 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from harness.comparable import run_differences
 from harness.directions import headline_order, metric_directions
 from harness.errors import UsageError
-from harness.records import Record
 from harness.gate import MIN_STEPS
+from harness.records import Record
 from harness.reference import MEMORY_METRIC, RefRow, record_value
 
 DEFAULT_REL_TOL = {"metric": 0.02, "fps": 0.10, MEMORY_METRIC: 0.10}
@@ -144,7 +145,8 @@ def _run_rows(records: Sequence[Record]) -> list[tuple[str, list[str]]]:
               ("device", lambda r: str(r.device_name or "-")),
               ("precision", lambda r: f"{r.precision} (weights {r.weights_dtype or 'fp32'})"),
               ("mode / world size", lambda r: f"{r.mode} / {r.world_size or 1}"),
-              ("steps", steps), ("seed", lambda r: "-" if r.seed is None else str(r.seed)),
+              ("steps", steps), ("start", lambda r: r.init() if r.kind == "train" else "-"),
+              ("seed", lambda r: "-" if r.seed is None else str(r.seed)),
               ("timed steps", lambda r: str(timed_steps(r))),
               ("emulated", lambda r: "yes" if r.emulated else "no"),
               ("status", lambda r: r.status)]
@@ -152,7 +154,10 @@ def _run_rows(records: Sequence[Record]) -> list[tuple[str, list[str]]]:
 
 
 def build(records: Sequence[Record], ref_dir: Path | None = None,
-          metrics: Sequence[str] | None = None) -> Parity:
+          metrics: Sequence[str] | None = None, compare_anyway: bool = False) -> Parity:
+    """The parity table of `records` against the first. Accuracy of a run that started from
+    other weights or trained another schedule than the baseline is "not comparable" (speed
+    and memory are still compared) unless `compare_anyway`."""
     if not records:
         raise UsageError("harness parity needs at least one record")
     kinds = {(r.workload, r.scale) for r in records}
@@ -190,13 +195,16 @@ def build(records: Sequence[Record], ref_dir: Path | None = None,
     for name, cells in run_rows:
         rows.append([name, "", *cells, *pad])
     verdicts: list[str] = []
+    unlike = [[] if compare_anyway else run_differences(base, r) for r in records[1:]]
     for name in names:
         values = [record_value(r, name)[0] for r in records]
         scale = UNIT.get(name, 1.0)
         row = [SHOWN.get(name, name), tols[name].direction or "?",
                *(_fmt(v, scale) for v in values)]
-        for rec, value in zip(records[1:], values[1:], strict=True):
+        for rec, value, why in zip(records[1:], values[1:], unlike, strict=True):
             delta, verdict = _judge(name, value, values[0], tols[name], rec, base)
+            if why and name not in PERF:
+                verdict = "not comparable"
             row += [delta, verdict]
             verdicts.append(verdict)
         rows.append(row)
@@ -205,6 +213,9 @@ def build(records: Sequence[Record], ref_dir: Path | None = None,
                 if timed_steps(r) < MIN_STEPS and not r.emulated]
     warnings += [f"{lab}: status {r.status}" for lab, r in zip(labels, records, strict=True)
                  if r.status != "ok"]
+    warnings += [f"{lab}: accuracy not comparable with {labels[0]} ({'; '.join(why)}); "
+                 f"--compare-anyway judges it all the same"
+                 for lab, why in zip(others, unlike, strict=True) if why]
     unknown_dir = [n for n in names if not tols[n].direction]
     if unknown_dir:
         warnings.append(f"no known direction for {', '.join(unknown_dir)}: a difference "

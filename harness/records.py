@@ -115,13 +115,18 @@ class Record:
     record_error: str | None = None
     metric_directions: dict[str, str] | None = None  # the workload's declaration
     primary_metric: str | None = None
+    # The files the model started from (harness/start_weights.py): [] = random weights;
+    # None = not recorded (records written before the field).
+    start_weights: list[dict[str, Any]] | None = None
+    schedule: dict[str, Any] | None = None  # what was trained, against the preset's plan
     extra: dict[str, Any] = field(default_factory=dict)
     # Where it was read from (not serialised).
     path: Path | None = field(default=None, compare=False)
 
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         "checkpoint", "out_dir", "onnx", "raw_output_agreement", "profile", "oom",
-        "resumed_from", "later_errors", "record_error", "metric_directions", "primary_metric")
+        "resumed_from", "later_errors", "record_error", "metric_directions", "primary_metric",
+        "start_weights", "schedule")
     _NOT_SERIALISED: ClassVar[tuple[str, ...]] = ("extra", "path")
     # JSON type each field must have when read: (types, may be null).
     _TYPES: ClassVar[dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -140,6 +145,7 @@ class Record:
         "oom": ((dict,), True), "resumed_from": ((list,), True),
         "later_errors": ((list,), True), "record_error": ((str,), True),
         "metric_directions": ((dict,), True), "primary_metric": ((str,), True),
+        "start_weights": ((list,), True), "schedule": ((dict,), True),
     }
 
     @property
@@ -156,6 +162,19 @@ class Record:
 
     def workload_config(self) -> dict[str, Any]:
         return dict(self.config.get("workload") or {})
+
+    def init(self) -> str:
+        """What the run started from, as reference rows state it (`init=`): `checkpoint` (a
+        whole model), `backbone` (a pretrained backbone, the rest random) or `random`.
+        Records from before `start_weights` say it through their config's fields."""
+        if self.start_weights is not None:
+            parts = {str(e.get("part")) for e in self.start_weights if isinstance(e, dict)}
+        else:
+            wcfg = self.workload_config()
+            parts = ({"model"} if wcfg.get("init_checkpoint") else set()) | (
+                {"backbone"} if wcfg.get("backbone_weights") else set())
+        return "checkpoint" if "model" in parts else "backbone" if "backbone" in parts \
+            else "random"
 
     def add_later_error(self, line: str) -> None:
         self.later_errors = [*(self.later_errors or []), line]

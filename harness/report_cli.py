@@ -33,13 +33,19 @@ def _render_check(res: CheckResult) -> str:
     head = ("metric", "measured", "reference", "tolerance", "direction", "verdict")
     rows = [(v.metric, "-" if v.measured is None else f"{v.measured:.6g}", f"{v.row.value:.6g}",
              f"±{v.row.tolerance:g} ({v.row.tolerance_kind})", v.row.direction,
-             v.status + (f" ({v.note})" if v.note and v.status != "pass" else ""))
+             v.status + (f" ({v.note})" if v.note and v.status not in ("pass", "not comparable")
+                         else ""))
             for v in res.verdicts]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     for r in [head, *rows]:
         cells = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False))
         lines.append(("  " + cells).rstrip())
-    lines.append("  result: PASS" if res.passed else f"  result: FAIL ({res.summary})")
+    if res.passed:
+        lines.append("  result: PASS")
+    elif res.not_comparable:
+        lines.append(f"  result: NOT COMPARABLE ({res.summary.removeprefix('not comparable: ')})")
+    else:
+        lines.append(f"  result: FAIL ({res.summary})")
     return "\n".join(lines)
 
 
@@ -52,10 +58,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.update:
         for line in update_tables(records, ref_dir, args.with_perf):
             print(line)
-    results = [check_record(r, ref_dir) for r in records]
+    results = [check_record(r, ref_dir, args.compare_anyway) for r in records]
     print("\n\n".join(_render_check(r) for r in results))
     failed = sum(not r.passed for r in results)
-    print(f"\n{len(results) - failed} passed, {failed} failed")
+    unlike = sum(r.not_comparable for r in results)
+    print(f"\n{len(results) - failed} passed, {failed - unlike} failed"
+          + (f", {unlike} not comparable" if unlike else ""))
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
@@ -70,6 +78,9 @@ def add_check(sub: Any) -> None:
                         "records of one configuration: mean, tolerance from their spread)")
     p.add_argument("--with-perf", action="store_true",
                    help="with --update: also write fps and peak_memory_bytes rows")
+    p.add_argument("--compare-anyway", action="store_true",
+                   help="judge the accuracy of runs that started from other weights or trained "
+                        "another schedule than the matched rows assume (default: not comparable)")
     p.set_defaults(func=cmd_check)
 
 
@@ -93,7 +104,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from harness.parity_render import render
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    table = parity.build(load_records(args.records), reference_dir(args.reference_dir), metrics)
+    table = parity.build(load_records(args.records), reference_dir(args.reference_dir), metrics,
+                         compare_anyway=args.compare_anyway)
     if args.figure:
         from harness.parity_figure import figure
 
@@ -131,6 +143,9 @@ def add_parity(sub: Any) -> None:
                    help="only these metrics, in this order (fps and peak_memory_bytes included)")
     p.add_argument("--no-fail", action="store_true",
                    help="exit 0 even when a verdict is WORSE (display only)")
+    p.add_argument("--compare-anyway", action="store_true",
+                   help="judge accuracy even between runs that started from other weights or "
+                        "trained other schedules (default: not comparable)")
     p.add_argument("--out", type=Path, help="write the table here instead of stdout")
     p.add_argument("--figure", type=Path, metavar="PNG",
                    help="loss curves, primary metric with its tolerance band, FPS/memory bars")

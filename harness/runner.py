@@ -142,6 +142,8 @@ def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
           keep_checkpoints=cfg.keep_checkpoints, progress=progress)
     if run.model_info is not None:
         record.model = run.model_info
+    record.start_weights = run.start_weights
+    record.schedule = schedule(run)
     if cfg.checkpoint and prepared.strategy.is_main:
         # Before the evaluation: an evaluation that fails loses no training.
         save_checkpoint(run, run.out_dir / "checkpoint.pt")
@@ -191,3 +193,14 @@ def _finish_record(run: Run, record: Record) -> None:
     record.fallback_ops = fallback_ops(run.backend)
     if errors:
         raise errors[0]
+
+
+def schedule(run: Run) -> dict[str, Any]:
+    """What the run trained beside what its preset plans (`harness check` and `parity`
+    call runs of other schedules not comparable): optimizer steps and batch per step."""
+    preset = type(run.workload).presets()[run.config.scale]
+    return {"optimizer_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
+            "preset_steps": int(preset.steps or run.steps_per_epoch),
+            "batch_size": run.workload.config.batch_size, "preset_batch_size": preset.batch_size,
+            "grad_accum": run.config.grad_accum, "world_size": run.strategy.world_size}
+

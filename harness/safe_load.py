@@ -79,22 +79,3 @@ def load_checkpoint(path: Path) -> Checkpoint:
     raise UsageError(f"{path}: neither a harness checkpoint (no 'model' dict) nor a state dict "
                      f"(keys: {', '.join(map(str, list(obj)[:8]))})")
 
-
-def load_weights(model: torch.nn.Module, ckpt: Checkpoint, path: Path) -> None:
-    """load_state_dict, strict; a mismatch is a usage error naming the first keys involved."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in ckpt.state_dict]
-    unexpected = [k for k in ckpt.state_dict if k not in own]
-    shapes = [f"{k} {tuple(ckpt.state_dict[k].shape)} vs {tuple(v.shape)}"
-              for k, v in own.items() if k in ckpt.state_dict
-              and tuple(ckpt.state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("shape (checkpoint vs model)", shapes)):
-            if keys:
-                more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
-                parts.append(f"{label}: {', '.join(keys[:4])}{more}")
-        raise UsageError(f"{path}: weights do not fit the model built from this config; "
-                         + "; ".join(parts))
-    model.load_state_dict(ckpt.state_dict, strict=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
@@ -21,6 +22,7 @@ from harness.checkpoint import ResumableBatches, to_cpu
 from harness.checkpointing import training_checkpoints
 from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
+from harness.start_weights import load_start_weights
 from harness.timing import ResumedTimer
 
 if TYPE_CHECKING:
@@ -132,10 +134,16 @@ class Trainer:
             first = next(self.batches)
             self.batches = itertools.chain([first], self.batches)
             host_model = wl.build_model()
+            run.start_weights = load_start_weights(wl, host_model)
+            if cfg.scale == "full" and not run.start_weights and strategy.is_main:
+                print(f"[harness] warning: {wl.name} full from random weights; its published "
+                      f"rows start from pretrained ones (--set backbone_weights=PATH or "
+                      f"init_checkpoint=PATH), so `harness check` will call them not "
+                      f"comparable", file=sys.stderr)
             run.model_info = count_training(host_model, wl, to_device(first, self.device),
                                             backend, self.device, cfg.precision)
-        else:  # the first segment counted the FLOPs; no batch is read before the restore
-            host_model = wl.build_model()
+        else:  # the first segment counted the FLOPs and loaded the starting weights; no
+            host_model = wl.build_model()  # batch is read before the restore
         model = host_model.to(self.device)
         optimizer = wl.build_optimizer(model)
         self.scheduler = wl.build_scheduler(optimizer, run.total_steps)

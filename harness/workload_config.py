@@ -14,7 +14,16 @@ class WorkloadConfig:
     steps: int = 0  # optimizer steps of a run without --steps/--epochs; 0: one epoch
     grad_clip: float | None = None  # max grad norm; None or 0: no clipping
     num_workers: int = 0  # DataLoader worker processes (--workers)
+    # Starting weights (harness/start_weights.py), read in the layouts the workload declares:
+    backbone_weights: str = ""  # a pretrained backbone file; "": random init
+    init_checkpoint: str = ""  # a whole-model checkpoint (an original's release or a run's)
 
     def validate(self) -> None:
         """The model's own rules across fields (ConfigError via harness.config.require);
         called after the generic range checks. Default: none."""
+
+
+def declared_field(config: object, name: str) -> object:
+    """A field the host reads, from a config that may predate it: a plugin's Config written
+    before the field existed gets WorkloadConfig's default instead of an AttributeError."""
+    return getattr(config, name, getattr(WorkloadConfig, name))

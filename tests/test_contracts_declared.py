@@ -45,6 +45,9 @@ NOT_PLUGIN_PROBES: dict[tuple[str, str], str] = {
         "importlib.metadata entry point (no dist on older Pythons)",
     ("harness/plugins.py", "getattr(pm.hook, _HOOK[kind])"): "pluggy's hook relay, by hook name",
     ("harness/records.py", "getattr(self, f.name)"): "the record's own fields, by name",
+    ("harness/workload_config.py", "getattr(config, name, getattr(WorkloadConfig, name))"):
+        "a declared config field, with its declared default for configs that predate it",
+    ("harness/workload_config.py", "getattr(WorkloadConfig, name)"): "the declared default",
     ("harness/deepspeed_strategy.py", "getattr(importlib.import_module(module), name)"):
         "DeepSpeed's classes by module and name, absent in other DeepSpeed versions",
     ("harness/deepspeed_strategy.py", "getattr(self._inner, name)"):

@@ -203,7 +203,8 @@ def test_update_keeps_the_configuration_a_fitting_row_pins(tiny_runs: list[Path]
     write_json_atomic(tmp_path / "f4" / "record.json", rec)
     assert main(["check", str(tmp_path / "f4"), "--update", "--reference-dir", str(ref)]) == 0
     configs = {r.config for r in load_table(ref / "tiny.csv")}
-    assert "features=4" in configs and "classes=3" in configs
+    # New rows also state what the run started from (init=; harness/comparable.py).
+    assert "features=4;init=random" in configs and "classes=3" in configs
 
 
 def test_the_workload_gate_helper_judges_by_the_repository_rows() -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from harness import DatasetError, Datasets, UsageError, Workload, hookimpl
+from harness.start_weights import WeightLayout
 from workloads.bevdepth.config import CLASSES, BEVDepthConfig
 from workloads.bevdepth.data_config import config_from_data
 from workloads.bevdepth.head import build_targets
@@ -28,6 +29,7 @@ from workloads.bevdepth.model import BEVDepth
 from workloads.bevdepth.multikey import MultiKeyDataset
 from workloads.bevdepth.postprocess import decode
 from workloads.bevdepth.view_transform import MAT_KEYS
+from workloads.layers.pretrained import RESNET_LAYOUTS
 
 NUSCENES_VERSIONS = ("v1.0-trainval", "v1.0-mini")
 
@@ -136,6 +138,12 @@ class BEVDepthWorkload(Workload):
                            "folder) and no nuscenes_infos_train.pkl / nuscenes_infos_val.pkl")
 
     # -- model and optimisation --
+    def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
+        return RESNET_LAYOUTS if part == "backbone" else ()
+
+    def backbone(self, model: nn.Module) -> nn.Module | None:
+        return model.get_submodule("encoder.backbone")
+
     def build_model(self) -> nn.Module:
         model = BEVDepth(self.config)
         if self.config.channels_last:

@@ -69,6 +69,7 @@ class BEVDepthConfig(WorkloadConfig):
     # A local pretrained ResNet state dict (torchvision layout, or mmdet's with `backbone.`);
     # "" = random init. Nothing is downloaded.
     backbone_weights: str = ""
+    init_checkpoint: str = ""  # a whole-model checkpoint (the original's Lightning or a run's)
     # mmdet semantics (0 freezes the stem), as the original with its pretrained R50. Applied
     # only when backbone_weights is given: a randomly initialised stem is never frozen.
     backbone_frozen_stages: int = 0
@@ -96,7 +97,10 @@ class BEVDepthConfig(WorkloadConfig):
     gaussian_overlap: float = 0.1
     min_radius: int = 2
     max_objs: int = 500
-    code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5)
+    # L1 weights of (reg 2, height, dim 3, rot 2, vel 2); () = the original's for num_keys:
+    # its 1-key experiments halve the velocity terms (velocity from one frame is barely
+    # observable), its 2-key experiment weighs them fully.
+    code_weights: tuple[float, ...] = ()
     bbox_loss_weight: float = 0.25
     depth_loss_weight: float = 3.0
     # -- decoding --
@@ -148,6 +152,8 @@ class BEVDepthConfig(WorkloadConfig):
         from harness.config import require
 
         df = self.downsample_factor
+        require(len(self.code_weights) in (0, 10), "code_weights", self.code_weights,
+                "must be 10 values (reg 2, height, dim 3, rot 2, vel 2) or empty")
         require(df in (4, 8, 16, 32), "downsample_factor", df,
                 "must be 4, 8, 16 or 32 (a ResNet stage's stride)")
         require(all(side % df == 0 for side in self.image_size), "image_size", self.image_size,
@@ -172,6 +178,11 @@ class BEVDepthConfig(WorkloadConfig):
                 self.lr_milestones, "must be ascending fractions of the steps, in [0, 1]")
         require(len(self.post_center_range) == 6, "post_center_range", self.post_center_range,
                 "must be 6 values (x, y, z low, then high)")
+
+    def box_code_weights(self) -> tuple[float, ...]:
+        if self.code_weights:
+            return tuple(self.code_weights)
+        return (1.0,) * 8 + ((1.0, 1.0) if self.num_keys > 1 else (0.5, 0.5))
 
     @property
     def num_depth_bins(self) -> int:

@@ -143,7 +143,7 @@ def build_targets(gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
         boxes[:, 3:6].clamp(min=1e-6).log(), torch.sin(yaw)[:, None], torch.cos(yaw)[:, None],
         boxes[:, 7:9]], dim=1)
     finite = ~torch.isnan(target)
-    code = torch.tensor(cfg.code_weights, device=device, dtype=torch.float32)
+    code = torch.tensor(cfg.box_code_weights(), device=device, dtype=torch.float32)
     weights, num_objs = [], []
     for t in range(len(TASKS)):
         member = (valid & (task_of == t)).float()

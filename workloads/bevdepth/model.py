@@ -22,7 +22,6 @@ from workloads.bevdepth.multikey import key_mats
 from workloads.bevdepth.view_transform import LSSViewTransform
 from workloads.layers.deform_conv import DeformConv2dPack
 from workloads.layers.fpn import SECONDFPN
-from workloads.layers.pretrained import load_backbone_weights
 from workloads.layers.resnet import BasicBlock, ResNet
 
 
@@ -136,8 +135,8 @@ class ImageEncoder(nn.Module):
             stage_blocks=cfg.backbone_stage_blocks or None,
             frozen_stages=cfg.backbone_frozen_stages if pretrained else -1,
             norm_eval=cfg.backbone_norm_eval and pretrained)
-        if pretrained:
-            load_backbone_weights(self.backbone, cfg.backbone_weights)
+        # The weights themselves are loaded by the host (harness/start_weights.py) once the
+        # model is built, in the layouts the workload declares.
         level_strides = [4 * 2**i for i in range(4)]
         self.neck = SECONDFPN(self.backbone.out_channels, [cfg.neck_channels] * 4,
                               [s / cfg.downsample_factor for s in level_strides])

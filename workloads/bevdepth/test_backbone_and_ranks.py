@@ -16,6 +16,7 @@ from workloads.bevdepth import BEVDepthWorkload
 from workloads.bevdepth.config import BEVDepthConfig
 from workloads.bevdepth.model import ImageEncoder
 from workloads.bevdepth.testing import random_batch
+from workloads.layers.pretrained import load_backbone_weights
 
 
 def _small(**kw: object) -> BEVDepthConfig:
@@ -37,6 +38,7 @@ def test_loaded_weights_freeze_the_stem_as_the_original(tmp_path: Path) -> None:
         p.data.normal_()
     torch.save(source.state_dict(), tmp_path / "r18.pth")
     enc = ImageEncoder(_small(backbone_weights=str(tmp_path / "r18.pth"))).train()
+    load_backbone_weights(enc.backbone, tmp_path / "r18.pth")  # what the host does for a run
     assert torch.equal(enc.backbone.conv1.weight, source.conv1.weight)
     assert not enc.backbone.conv1.weight.requires_grad and not enc.backbone.bn1.training
     assert all(p.requires_grad for p in enc.backbone.stages.parameters())
@@ -81,3 +83,15 @@ def test_normalisers_are_averaged_through_the_strategy() -> None:
     assert doubled["loss_heatmap"] == pytest.approx(local["loss_heatmap"] / 2, rel=1e-5)
     assert doubled["loss_bbox"] == pytest.approx(local["loss_bbox"] / 2, rel=1e-5)
     assert doubled["loss_depth"] == pytest.approx(local["loss_depth"], rel=1e-6)
+
+
+def test_velocity_code_weights_follow_the_key_count_as_the_original() -> None:
+    from workloads.bevdepth import BEVDepthWorkload, MatrixVTWorkload
+
+    two_key = BEVDepthWorkload.presets()["full"]
+    assert two_key.num_keys == 2 and two_key.box_code_weights() == (1.0,) * 10
+    one_key = MatrixVTWorkload.presets()["full"]
+    assert one_key.num_keys == 1 and one_key.box_code_weights()[-2:] == (0.5, 0.5)
+    smoke = BEVDepthWorkload.presets()["smoke"]
+    assert smoke.box_code_weights() == (1.0,) * 8 + (0.5, 0.5)  # unchanged: its rows hold
+    assert dataclasses.replace(smoke, code_weights=(2.0,) * 10).box_code_weights() == (2.0,) * 10

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from harness import DatasetError, Datasets, UsageError, Workload, hookimpl
+from harness.start_weights import WeightLayout
 from workloads.datasets import tusimple
 from workloads.datasets.tusimple_synth import SynthSpec, write_synthetic_tusimple
 from workloads.lane_multitask.config import LanesConfig
@@ -27,6 +28,7 @@ from workloads.lane_multitask.decode import DecodeConfig, decode_lanes
 from workloads.lane_multitask.loss import multitask_loss
 from workloads.lane_multitask.metric import DrivableIoU, tusimple_scores
 from workloads.lane_multitask.model import HEAD_OUTPUTS, TASKS, LaneMultitaskNet
+from workloads.layers.pretrained import RESNET_LAYOUTS
 
 PREDICTIONS_FILE = "tusimple_predictions.json"
 
@@ -123,6 +125,9 @@ class LanesWorkload(Workload):
                         collate=collate, source=source, from_data=from_data)
 
     # -- model and optimisation --
+    def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
+        return RESNET_LAYOUTS if part == "backbone" else ()
+
     def build_model(self) -> nn.Module:
         return LaneMultitaskNet(self.config)
 

@@ -19,6 +19,10 @@ class LanesConfig(WorkloadConfig):
     base_channels: int = 64
     stage_blocks: tuple[int, ...] = ()  # () = the depth's own table
     frozen_stages: int = -1  # GANet freezes stage 1 of an ImageNet ResNet; here from scratch
+    # Starting weights in the originals' layouts (docs/workloads/lanes.md): a pretrained
+    # backbone file and a whole-model checkpoint; "" = random init. Nothing is downloaded.
+    backbone_weights: str = ""
+    init_checkpoint: str = ""
     fpn_channels: int = 64
     head_channels: int = 64  # GANet's CtnetHead head_conv (= branch_in_channels)
     seg_channels: int = 32

@@ -1,52 +1,28 @@
-"""Pretrained backbone weights from a local file (`--set backbone_weights=PATH`); nothing is
-downloaded.
+"""The layouts in which pretrained backbones come (`--set backbone_weights=PATH`); nothing is
+downloaded. The host (harness/start_weights.py) detects the layout and loads strictly.
 
-Accepted layouts, detected from the keys:
-- ResNet: torchvision's (`conv1`, `bn1`, `layer1.0.conv1`, ..., `fc` ignored), also inside
-  mmdet/mmcv checkpoints (`state_dict` with a `backbone.` prefix);
-- Darknet-53: mmdet's (`conv1.conv`, `conv1.bn`, `conv_res_block1.conv.conv`,
-  `conv_res_block1.res0.conv1.conv`, ...), as in open-mmlab's darknet53 checkpoint;
-- either module's own state dict (this project's names).
-A file that does not fit the module (a missing key, a shape mismatch) is a UsageError
-naming the file and the first offending key.
+- ResNet: torchvision's names (`conv1`, `bn1`, `layer1.0.conv1`, `layer1.0.downsample.0`,
+  `fc` dropped). mmcv/mmdet's ResNet (pytorch and caffe style, e.g. open-mmlab's
+  `resnet50_caffe` and the msra files) and timm's resnet use the same names; inside a whole
+  mmdet/mmdet3d/BEVDepth checkpoint the backbone's prefix is taken off by the host.
+- Darknet-53: mmdet's (`conv1.conv`, `conv_res_block1.conv.conv`,
+  `conv_res_block1.res0.conv1.conv`, ...), as open-mmlab's darknet53 checkpoint.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Sequence
 
-import torch
 from torch import nn
 
-from harness.errors import UsageError
-
-_PREFIXES = ("module.", "backbone.", "img_backbone.")
-_IGNORED = re.compile(r"^(fc|head|classifier)\.")
+from harness.start_weights import WeightLayout, load_part
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: backbone_weights file not found") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise UsageError(f"{path}: cannot read backbone_weights ({type(e).__name__}: {e})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UsageError(f"{path}: backbone_weights must hold a state dict of tensors")
-    out = {}
-    for key, value in obj.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
-def torchvision_resnet_key(key: str) -> str:
-    """torchvision ResNet name -> workloads.layers.resnet.ResNet name."""
+def torchvision_resnet_key(key: str) -> str | None:
+    """torchvision ResNet name -> workloads.layers.resnet.ResNet name; the classifier is dropped."""
+    if re.match(r"^fc\.", key):
+        return None
     return re.sub(r"^layer(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}.", key)
 
 
@@ -61,33 +37,19 @@ def mmdet_darknet_key(key: str) -> str:
                              f"{'01'[m.group(4) == 'bn']}."), key)
 
 
-def load_backbone_weights(module: nn.Module, path: str | Path) -> list[str]:
-    """Copy a pretrained state dict into `module` (strict on the module's side); returns the
-    file's keys that were ignored (a classifier head)."""
-    path = Path(path)
-    raw = _state_dict(path)
-    own = module.state_dict()
-    ignored = [k for k in raw if _IGNORED.match(k)]
-    raw = {k: v for k, v in raw.items() if k not in ignored}
-    mapped = {k: v for k, v in raw.items()}
-    if not set(mapped) <= set(own):
-        for rename in (torchvision_resnet_key, mmdet_darknet_key):
-            candidate = {rename(k): v for k, v in raw.items()}
-            if set(candidate) <= set(own):
-                mapped = candidate
-                break
-    unknown = sorted(set(mapped) - set(own))
-    if unknown:
-        raise UsageError(f"{path}: backbone_weights key '{unknown[0]}' is not in the backbone "
-                         f"(layouts read: torchvision ResNet, mmdet Darknet, this project's)")
-    # Old torchvision files predate BatchNorm's num_batches_tracked buffer.
-    missing = sorted(k for k in set(own) - set(mapped) if not k.endswith("num_batches_tracked"))
-    if missing:
-        raise UsageError(f"{path}: backbone_weights has no '{missing[0]}' (the backbone's architecture "
-                         "differs from the file's)")
-    for key, value in mapped.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise UsageError(f"{path}: backbone_weights '{key}' has shape {tuple(value.shape)}, the "
-                             f"backbone {tuple(own[key].shape)}")
-    module.load_state_dict(mapped, strict=False)  # strictness checked above
-    return ignored
+TORCHVISION_RESNET = WeightLayout(
+    "torchvision-resnet", "pytorch/vision torchvision/models/resnet.py (the names mmcv/mmdet "
+    "ResNet and timm resnet share)", torchvision_resnet_key)
+MMDET_DARKNET = WeightLayout(
+    "mmdet-darknet53", "open-mmlab/mmdetection mmdet/models/backbones/darknet.py (v3.3.0)",
+    mmdet_darknet_key)
+RESNET_LAYOUTS: tuple[WeightLayout, ...] = (TORCHVISION_RESNET,)
+DARKNET_LAYOUTS: tuple[WeightLayout, ...] = (MMDET_DARKNET,)
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path,
+                          layouts: Sequence[WeightLayout] = RESNET_LAYOUTS + DARKNET_LAYOUTS
+                          ) -> dict[str, Any]:
+    """A backbone file into `module` directly (what the host does for a run); the record's
+    entry for it."""
+    return load_part(module, path, layouts, part="backbone", option="backbone_weights")

@@ -48,13 +48,16 @@ def test_torchvision_resnet_layout_loads(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
     target = ResNet(depth=18)
-    assert load_backbone_weights(target, path) == ["fc.weight", "fc.bias"]
+    entry = load_backbone_weights(target, path)
+    assert entry["layout"] == "torchvision-resnet" and entry["keys_ignored"] == 2  # fc
+    assert entry["keys_loaded"] == len(state) - 2 and len(entry["sha256"]) == 64
     for key, value in source.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(target.state_dict()[key], value), key
     # mmdet checkpoints: {"state_dict": {"backbone.layer1...": ...}}
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in state.items()}}, tmp_path / "mmdet.pth")
-    load_backbone_weights(ResNet(depth=18), tmp_path / "mmdet.pth")
+    entry = load_backbone_weights(ResNet(depth=18), tmp_path / "mmdet.pth")
+    assert entry["layout"] == "torchvision-resnet"
 
 
 def test_mmdet_darknet_layout_loads(tmp_path: Path) -> None:
@@ -66,16 +69,17 @@ def test_mmdet_darknet_layout_loads(tmp_path: Path) -> None:
     assert "conv_res_block2.res1.conv2.bn.weight" in state and "conv1.conv.weight" in state
     torch.save(state, tmp_path / "darknet.pth")
     target = Darknet(depths=(1, 2, 1, 1, 1), width=0.25)
-    load_backbone_weights(target, tmp_path / "darknet.pth")
+    assert load_backbone_weights(target, tmp_path / "darknet.pth")["layout"] == "mmdet-darknet53"
     x = torch.randn(1, 3, 64, 64)
     assert all(torch.equal(a, b) for a, b in zip(source.eval()(x), target.eval()(x)))
 
 
 def test_mismatching_files_name_the_key(tmp_path: Path) -> None:
     torch.save(_torchvision_names(ResNet(depth=18).state_dict()), tmp_path / "r18.pth")
-    with pytest.raises(UsageError, match=r"r18\.pth: backbone_weights has no 'stages\.0\.0\.bn3\.bias'"):
+    with pytest.raises(UsageError, match=r"r18\.pth: backbone_weights does not fit the backbone "
+                       r"\(closest layout torchvision-resnet.*missing: .*stages\.0\.0\.bn3"):
         load_backbone_weights(ResNet(depth=50), tmp_path / "r18.pth")
-    with pytest.raises(UsageError, match=r"r18\.pth.*shape"):
+    with pytest.raises(UsageError, match=r"r18\.pth.*shape \(checkpoint vs model\): conv1\.weight"):
         load_backbone_weights(ResNet(depth=18, base_channels=32), tmp_path / "r18.pth")
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(UsageError, match="no file at"):
         load_backbone_weights(ResNet(depth=18), tmp_path / "missing.pth")

@@ -22,8 +22,10 @@ import torch
 from torch import nn
 
 from harness import DatasetError, Datasets, MissingExtra, UsageError, Workload, hookimpl
-from workloads.openlanev2_topology.config import OpenLaneV2Config
+from harness.start_weights import WeightLayout
 from workloads.datasets.openlanev2_devkit import INSTALL_COMMAND, centerline_devkit
+from workloads.layers.pretrained import RESNET_LAYOUTS
+from workloads.openlanev2_topology.config import OpenLaneV2Config
 
 METRIC_KEYS = {"DET_l": "DET_l", "DET_t": "DET_t", "TOP_ll": "TOP_ll", "TOP_lt": "TOP_lt",
                "score": "OLS"}
@@ -115,6 +117,9 @@ class OpenLaneV2Workload(Workload):
         return data
 
     # -- model and optimisation --
+    def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
+        return RESNET_LAYOUTS if part == "backbone" else ()
+
     def build_model(self) -> nn.Module:
         from workloads.openlanev2_topology.model import OpenLaneV2Baseline
 

@@ -57,6 +57,10 @@ class OpenLaneV2Config(WorkloadConfig):
     backbone_depth: int = 18
     backbone_base_channels: int = 64
     backbone_stage_blocks: tuple[int, ...] = ()  # () = the depth's standard table
+    # Starting weights in the originals' layouts (docs/workloads/openlanev2.md): a pretrained
+    # backbone file and a whole-model checkpoint; "" = random init. Nothing is downloaded.
+    backbone_weights: str = ""
+    init_checkpoint: str = ""
     fpn_channels: int = 128
     # -- IPM view transform --
     bev_range: tuple[float, ...] = (-50.0, -25.0, -3.0, 50.0, 25.0, 2.0)

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from harness import DatasetError, Datasets, UsageError, Workload, hookimpl
+from harness.start_weights import WeightLayout
+from workloads.layers.pretrained import RESNET_LAYOUTS
 from workloads.streampetr.config import StreamPETRConfig
 
 NUSCENES_VERSIONS = ("v1.0-trainval", "v1.0-mini")
@@ -118,6 +120,9 @@ class StreamPETRWorkload(Workload):
         return StreamingBatchSampler(dataset.sequence_ids, batch_size, world_size, rank, seed)
 
     # -- model and optimisation --
+    def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
+        return RESNET_LAYOUTS if part == "backbone" else ()
+
     def build_model(self) -> nn.Module:
         from workloads.streampetr.model import StreamPETR
 

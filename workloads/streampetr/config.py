@@ -40,7 +40,13 @@ class StreamPETRConfig(WorkloadConfig):
     backbone_depth: int = 50
     backbone_base_channels: int = 64
     backbone_stage_blocks: tuple[int, ...] | None = None
-    backbone_norm_eval: bool = True  # BN statistics frozen, as the published config
+    # BN statistics frozen as the published config, which starts from pretrained weights:
+    # applied only with backbone_weights (frozen random statistics would never be learned).
+    backbone_norm_eval: bool = True
+    # Starting weights in the originals' layouts (docs/workloads/streampetr.md): a pretrained
+    # backbone file and a whole-model checkpoint; "" = random init. Nothing is downloaded.
+    backbone_weights: str = ""
+    init_checkpoint: str = ""
     with_cp: bool = False  # activation checkpointing of backbone stages and decoder layers (full: on)
     embed_dims: int = 256
     # -- 2D auxiliary FocalHead --

@@ -23,7 +23,7 @@ class StreamPETR(nn.Module):
         self.cfg = cfg
         self.backbone = ResNet(depth=cfg.backbone_depth, base_channels=cfg.backbone_base_channels,
                                stage_blocks=cfg.backbone_stage_blocks, out_indices=(2, 3),
-                               norm_eval=cfg.backbone_norm_eval)
+                               norm_eval=cfg.backbone_norm_eval and bool(cfg.backbone_weights))
         self.neck = CPFPN(self.backbone.out_channels[2:], cfg.embed_dims)
         self.img_roi_head = FocalHead(cfg.embed_dims, len(cfg.class_names)) if cfg.aux_2d else None
         self.pts_bbox_head = StreamPETRHead(cfg)

@@ -205,3 +205,25 @@ def test_ray_distance_prior_peaks_on_the_ray_through_the_reference_point():
     assert per_column.argmax(dim=1).tolist() == [4, 4]
     assert per_column[:, 4].abs().max() < 1e-3
     assert per_column[0, 2].item() == pytest.approx(-((lateral[2] - lateral[4]).abs().item() / 2.0) ** 2, rel=0.05)
+
+
+def test_backbone_statistics_are_frozen_only_over_loaded_weights(tmp_path):
+    """The published config freezes BN statistics (norm_eval) of its pretrained backbone;
+    from random weights they would stay at their initial values for the whole run."""
+    from harness.start_weights import load_part
+    from torch import nn
+
+    from workloads.layers.pretrained import RESNET_LAYOUTS
+    from workloads.streampetr.model import StreamPETR
+
+    cfg = StreamPETRConfig.smoke()
+    cfg = dataclasses.replace(cfg, backbone_norm_eval=True)
+    random_init = StreamPETR(cfg).train()
+    assert all(m.training for m in random_init.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    torch.save(random_init.backbone.state_dict(), tmp_path / "r.pth")
+    pretrained = StreamPETR(dataclasses.replace(cfg, backbone_weights=str(tmp_path / "r.pth")))
+    load_part(pretrained.backbone, tmp_path / "r.pth", RESNET_LAYOUTS, part="backbone",
+              option="backbone_weights")
+    pretrained.train()
+    bns = [m for m in pretrained.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)

@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 from harness import DatasetError, Datasets, UsageError, Workload, hookimpl
+from harness.start_weights import WeightLayout
 from workloads.datasets.coco import CocoDetection, SyntheticSpec, collate, write_synthetic_coco
-from workloads.layers.pretrained import load_backbone_weights
+from workloads.layers.pretrained import DARKNET_LAYOUTS
 from workloads.yolov3.config import YOLOv3Config
 from workloads.yolov3.loss import yolov3_loss
 from workloads.yolov3.metric import coco_bbox_metrics, to_coco_results
 from workloads.yolov3.model import YOLOv3
 from workloads.yolov3.postprocess import InferConfig, postprocess
 from workloads.yolov3.transforms import PipelineParams, mmdet_train_pipeline
+from workloads.yolov3.weights import MMDET_YOLOV3
 
 
 def _core(model: nn.Module) -> YOLOv3:
@@ -107,12 +109,12 @@ class YOLOv3Workload(Workload):
         self.config = dataclasses.replace(c, **updates)
         return from_data
 
+    def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
+        return DARKNET_LAYOUTS if part == "backbone" else (MMDET_YOLOV3,)
+
     def build_model(self) -> nn.Module:
         c = self.config
-        model = YOLOv3(c.num_classes, c.input_size, c.width, c.depths, c.scale_anchors)
-        if c.backbone_weights:
-            load_backbone_weights(model.backbone, c.backbone_weights)
-        return model
+        return YOLOv3(c.num_classes, c.input_size, c.width, c.depths, c.scale_anchors)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config

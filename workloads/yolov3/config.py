@@ -24,6 +24,7 @@ class YOLOv3Config(WorkloadConfig):
     # A local pretrained Darknet state dict (mmdet's darknet53 layout or this project's);
     # "" = random init. Nothing is downloaded.
     backbone_weights: str = ""
+    init_checkpoint: str = ""  # a whole-model checkpoint (mmdetection's yolov3_d53 or a run's)
     # -- data --
     flip_prob: float = 0.5
     # "mmdet": yolov3_d53_mstrain-608's training pipeline (Expand, MinIoURandomCrop,
