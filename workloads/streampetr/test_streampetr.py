@@ -210,9 +210,9 @@ def test_ray_distance_prior_peaks_on_the_ray_through_the_reference_point():
 def test_backbone_statistics_are_frozen_only_over_loaded_weights(tmp_path):
     """The published config freezes BN statistics (norm_eval) of its pretrained backbone;
     from random weights they would stay at their initial values for the whole run."""
-    from harness.start_weights import load_part
     from torch import nn
 
+    from harness.start_weights import load_part
     from workloads.layers.pretrained import RESNET_LAYOUTS
     from workloads.streampetr.model import StreamPETR
 

@@ -134,3 +134,52 @@ def test_mmdet_yolov3_outputs_equal_ours() -> None:
     for g, w in zip(got, want):
         assert torch.isfinite(w).all() and w.abs().max() > 0
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
+def _mmdet_file(path: Path, num_classes: int, input_size: int) -> None:
+    """A checkpoint as mmdetection writes it ({"meta", "state_dict"} under its own names),
+    holding a YOLOv3's random weights; the names come from the manifest through the map."""
+    own_to_mmdet = {mmdet_yolov3_key(name): name for name, _ in _manifest()}
+    torch.manual_seed(5)
+    model = YOLOv3(num_classes, input_size)
+    state = {own_to_mmdet[k]: v for k, v in model.state_dict().items()}
+    torch.save({"meta": {"mmdet_version": "3.3.0", "epoch": 273}, "state_dict": state}, path)
+
+
+def test_harness_eval_reads_a_checkpoint_in_mmdetections_layout(tmp_path: Path) -> None:
+    """`harness eval yolov3 --scale full --checkpoint <mmdet file>` on cpu and on the emulated
+    npu: the layout is detected and named in the record; a smoke build names the keys."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from harness.errors import UsageError
+    from harness.evaluation import EvalConfig, run_eval
+    from workloads.datasets.coco import SyntheticSpec, write_synthetic_coco
+
+    pytest.importorskip("pycocotools")
+    root = write_synthetic_coco(tmp_path / "data", SyntheticSpec(
+        num_classes=80, train_images=2, val_images=3, min_side=64, max_side=128, seed=4))
+    ckpt = tmp_path / "yolov3_d53_mmdet.pth"
+    _mmdet_file(ckpt, 80, 320)
+    common = dict(workload="yolov3", checkpoint=ckpt, data=root, cache_dir=tmp_path / "c",
+                  overrides=("input_size=320",), batch_size=3, num_workers=0)
+    cpu = run_eval(EvalConfig(scale="full", out=tmp_path / "cpu", **common))  # type: ignore[arg-type]
+    assert cpu.status == "ok", cpu.error
+    assert cpu.checkpoint is not None and cpu.checkpoint["names"] == "mmdet-yolov3"
+    assert {"AP", "AP50"} <= set(cpu.metrics)
+    root_dir = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "eval", "yolov3", "--scale", "full", "--checkpoint",
+         str(ckpt), "--data", str(root), "--set", "input_size=320", "--batch-size", "3",
+         "--workers", "0", "--backend", "npu", "--emulate", "--out", str(tmp_path / "npu"),
+         "--cache-dir", str(tmp_path / "c")], cwd=root_dir, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(root_dir)}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    npu = json.loads((tmp_path / "npu" / "record.json").read_text())
+    assert npu["checkpoint"]["names"] == "mmdet-yolov3" and npu["emulated"]
+    assert npu["metrics"]["AP"] == pytest.approx(cpu.metrics["AP"], abs=1e-3)
+    # Without --scale the smoke preset is built: one line naming the keys and the way out.
+    with pytest.raises(UsageError, match=r"closest layout mmdet-yolov3.*needs --scale full"):
+        run_eval(EvalConfig(out=tmp_path / "smoke", **common))  # type: ignore[arg-type]
