@@ -388,5 +388,6 @@ class Run:
     model_info: dict[str, Any] | None = None  # params and training FLOPs per sample
     # The files the model started from (harness/start_weights.py); empty: random weights.
     start_weights: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    ema: Any = None  # harness.ema.ModelEMA when the workload config asks for one
     # Where record.json went (the fallback path when out_dir could not take it); set at the end.
     record_path: Path | None = None

@@ -282,12 +282,12 @@ def final_checkpoint(run: Any, workload_config: dict[str, Any] | None,
     optimizer's state where the strategy lets it be read (an engine may keep it elsewhere)."""
     return CheckpointManager(folder).register(
         Keyed("model", run.trained_model, required=True), FinalInfo(run, workload_config),
-        Keyed("optimizer", run.optimizer, optional=True))
+        Keyed("optimizer", run.optimizer, optional=True), Keyed("ema", run.ema, optional=True))
 
 
 def training_checkpoints(run: Any, *, host_model: Any, optimizer: Any, scheduler: Any,
                          scaler: Any, batches: ResumableBatches, timer: Stateful, loop: Piece,
-                         keep: int) -> CheckpointManager:
+                         keep: int, ema: Any = None) -> CheckpointManager:
     """The pieces of a training run's periodic checkpoints. `host_model`: the unwrapped
     model (DDP's wrapper shares its parameters); where the strategy's engine keeps model and
     optimizer (DeepSpeed) the engine's files take their place. `loop`: the training loop's
@@ -301,7 +301,7 @@ def training_checkpoints(run: Any, *, host_model: Any, optimizer: Any, scheduler
     else:
         manager.register(Keyed("model", host_model, required=True),
                          Keyed("optimizer", optimizer, required=True))
-    manager.register(Keyed("scheduler", scheduler), Keyed("scaler", scaler))
+    manager.register(Keyed("scheduler", scheduler), Keyed("scaler", scaler), Keyed("ema", ema))
     return manager.register(
         RNGStates(run.backend.device_type, batches), Keyed("data", batches, required=True),
         WorkloadState(run.workload, run.config.workload), loop, RunHistory(run),

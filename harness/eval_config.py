@@ -53,8 +53,13 @@ def config_mismatches(current: dict[str, Any], saved: dict[str, Any],
     return out
 
 
+# Fields that shape how a model was trained, not the model evaluated: where its weights
+# started and whether an average of them was kept.
+TRAINING_ONLY_FIELDS = ("backbone_weights", "init_checkpoint", "ema_decay")
+
+
 def _ignored(cfg: EvalConfig) -> frozenset[str]:
-    return frozenset(WORKLOAD_RUN_FIELDS) | cfg.user_set()
+    return frozenset(WORKLOAD_RUN_FIELDS) | frozenset(TRAINING_ONLY_FIELDS) | cfg.user_set()
 
 
 def choose_scale(workload_cls: type[Workload], cfg: EvalConfig, ckpt: Checkpoint) -> str:

@@ -120,7 +120,8 @@ def _eval_record(cfg: EvalConfig, workload: Workload, ckpt: Checkpoint, scale: s
         config={"run": cfg.to_dict(), "workload": config_to_dict(workload.config)},
         seed=cfg.seed, emulated=backend.emulated,
         checkpoint={"path": str(Path(cfg.checkpoint).resolve()), "layout": ckpt.layout,
-                    "step": ckpt.step, "config_checked": ckpt.workload_config is not None},
+                    "step": ckpt.step, "config_checked": ckpt.workload_config is not None,
+                    "weights": ckpt.weights},
         data={"source": data.source, "from_data": dict(data.from_data)},
         out_dir=str(out_dir), metric_directions=dict(workload.metrics) or None,
         primary_metric=workload.primary_metric or None)

@@ -119,6 +119,7 @@ class Record:
     # None = not recorded (records written before the field).
     start_weights: list[dict[str, Any]] | None = None
     schedule: dict[str, Any] | None = None  # what was trained, against the preset's plan
+    ema: dict[str, Any] | None = None  # the metrics are the EMA weights' (harness/ema.py)
     extra: dict[str, Any] = field(default_factory=dict)
     # Where it was read from (not serialised).
     path: Path | None = field(default=None, compare=False)
@@ -126,7 +127,7 @@ class Record:
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         "checkpoint", "out_dir", "onnx", "raw_output_agreement", "profile", "oom",
         "resumed_from", "later_errors", "record_error", "metric_directions", "primary_metric",
-        "start_weights", "schedule")
+        "start_weights", "schedule", "ema")
     _NOT_SERIALISED: ClassVar[tuple[str, ...]] = ("extra", "path")
     # JSON type each field must have when read: (types, may be null).
     _TYPES: ClassVar[dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -145,7 +146,7 @@ class Record:
         "oom": ((dict,), True), "resumed_from": ((list,), True),
         "later_errors": ((list,), True), "record_error": ((str,), True),
         "metric_directions": ((dict,), True), "primary_metric": ((str,), True),
-        "start_weights": ((list,), True), "schedule": ((dict,), True),
+        "start_weights": ((list,), True), "schedule": ((dict,), True), "ema": ((dict,), True),
     }
 
     @property

@@ -31,7 +31,10 @@ MEMORY_METRIC = "peak_memory_bytes"
 PERF_METRICS = (*SPEED_METRICS, MEMORY_METRIC)
 KEY_AXES = ("backend", "device", "precision", "weights_dtype", "mode", "world_size")
 # `--set` keys that change neither the model, the data nor the numbers: never configuration.
-NOT_CONFIG_KEYS = frozenset({"num_workers", "eval_batch_size"})
+# --set keys that change no number a row holds, or (starting weights) that a row states as
+# `init=` instead (harness/comparable.py).
+NOT_CONFIG_KEYS = frozenset({"num_workers", "eval_batch_size", "backbone_weights",
+                             "init_checkpoint"})
 
 
 def canon(value: Any) -> str:
@@ -69,7 +72,8 @@ def parse_config(text: str) -> dict[str, str]:
 
 
 def format_config(config: dict[str, str]) -> str:
-    return ";".join(f"{k}={v}" for k, v in sorted(config.items()))
+    """The inverse of parse_config; an empty tuple is spelled `()` (`key=` reads as a fault)."""
+    return ";".join(f"{k}={v if v != '' else '()'}" for k, v in sorted(config.items()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,13 +143,15 @@ def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
     if run.model_info is not None:
         record.model = run.model_info
     record.start_weights = run.start_weights
+    record.ema = run.ema.describe() if run.ema is not None else None
     record.schedule = schedule(run)
     if cfg.checkpoint and prepared.strategy.is_main:
         # Before the evaluation: an evaluation that fails loses no training.
         save_checkpoint(run, run.out_dir / "checkpoint.pt")
     if cfg.eval and prepared.strategy.is_main:
         progress["phase"] = "evaluation"
-        result = evaluate_now(run.trained_model)
+        # The weights the recipe evaluates: the EMA where it keeps one (harness/ema.py).
+        result = evaluate_now(run.ema.model if run.ema is not None else run.trained_model)
         record.metrics = result.metrics
         record.predictions = write_predictions(run.workload, result.predictions, run.out_dir)
         pm.hook.harness_eval_end(run=run, metrics=result.metrics)

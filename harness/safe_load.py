@@ -53,6 +53,7 @@ class Checkpoint:
     workload_config: dict[str, Any] | None = None
     step: int | None = None
     layout: str = "harness"  # "harness" (a run's checkpoint.pt) or "state_dict"
+    weights: str = "model"  # "ema": the run's EMA weights (what its metrics scored)
 
 
 def _strip_wrapper_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +71,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
                          f"got {type(obj).__name__}")
     if isinstance(obj.get("model"), dict):
         cfg = obj.get("workload_config")
+        ema = obj.get("ema")
+        if isinstance(ema, dict) and isinstance(ema.get("weights"), dict):
+            # A run with model EMA scored the average (harness/ema.py): evaluate the same.
+            return Checkpoint(_strip_wrapper_prefix(ema["weights"]), obj.get("workload"),
+                              cfg if isinstance(cfg, dict) else None, obj.get("step"),
+                              "harness", "ema")
         return Checkpoint(_strip_wrapper_prefix(obj["model"]), obj.get("workload"),
                           cfg if isinstance(cfg, dict) else None, obj.get("step"), "harness")
     if isinstance(obj.get("state_dict"), dict):  # mmcv/mmdet-style wrapper

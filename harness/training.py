@@ -20,10 +20,12 @@ from torch.utils.data import DataLoader
 
 from harness.checkpoint import ResumableBatches, to_cpu
 from harness.checkpointing import training_checkpoints
+from harness.ema import ModelEMA
 from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
 from harness.start_weights import load_start_weights
 from harness.timing import ResumedTimer
+from harness.workload_config import declared_field
 
 if TYPE_CHECKING:
     from harness.api import Backend, MemoryStats, Run, Workload
@@ -149,11 +151,13 @@ class Trainer:
         self.scheduler = wl.build_scheduler(optimizer, run.total_steps)
         model = backend.prepare_model(model)
         self.model, self.optimizer = strategy.wrap(model, optimizer, cfg)
+        decay = float(declared_field(wl.config, "ema_decay") or 0.0)
+        run.ema = ModelEMA(strategy.unwrap(self.model), decay) if decay > 0 else None
         self.scaler = None if strategy.scales_loss else backend.grad_scaler(cfg.precision)
         self.grad_clip = wl.config.grad_clip
         self.checkpoints = training_checkpoints(
             run, host_model=host_model, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, batches=self.stream, timer=self.timer, loop=self,
+            scaler=self.scaler, ema=run.ema, batches=self.stream, timer=self.timer, loop=self,
             keep=self.keep_checkpoints)
         if resume_state is not None:
             self.checkpoints.load(resume_state)
@@ -228,6 +232,8 @@ class Trainer:
         backend.after_optimizer_step()
         if self.scheduler is not None:
             self.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(strategy.unwrap(self.model))
         run.step = step + 1
         # Every rank stops after the same step (under --nproc one host-side all-reduce): part
         # of the step's time, as the device keeps computing meanwhile.
@@ -282,11 +288,16 @@ class Trainer:
         if self.timer.is_open:
             self.window_memory = _max_memory(self.window_memory, backend.memory())
         self.progress["phase"] = "evaluation"
-        strategy.on_main_only(lambda: self.evaluate_now(strategy.unwrap(self.model)))
+        strategy.on_main_only(lambda: self.evaluate_now(self.evaluated_model()))
         self.model.train()
         if self.timer.is_open:
             backend.synchronize()
             backend.reset_peak_memory()
+
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights evaluations score: the EMA where the recipe keeps one, else the model."""
+        ema = self.run.ema
+        return ema.model if ema is not None else self.run.strategy.unwrap(self.model)
 
     def checkpoint(self) -> None:
         """checkpoints/step_<N>.pt: every rank takes part (per-rank shares, DeepSpeed's

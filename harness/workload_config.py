@@ -2,6 +2,8 @@
 workload config modules (imported by `--help` and the report verbs) stay light."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class WorkloadConfig:
     """The fields of a workload's Config that the host reads, with the value it assumes
@@ -17,13 +19,14 @@ class WorkloadConfig:
     # Starting weights (harness/start_weights.py), read in the layouts the workload declares:
     backbone_weights: str = ""  # a pretrained backbone file; "": random init
     init_checkpoint: str = ""  # a whole-model checkpoint (an original's release or a run's)
+    ema_decay: float = 0.0  # model EMA evaluated instead of the raw weights (harness/ema.py); 0: off
 
     def validate(self) -> None:
         """The model's own rules across fields (ConfigError via harness.config.require);
         called after the generic range checks. Default: none."""
 
 
-def declared_field(config: object, name: str) -> object:
+def declared_field(config: object, name: str) -> Any:
     """A field the host reads, from a config that may predate it: a plugin's Config written
     before the field existed gets WorkloadConfig's default instead of an AttributeError."""
     return getattr(config, name, getattr(WorkloadConfig, name))

@@ -37,6 +37,7 @@ class TinyConfig:
     load_sleep_s: float = 0.0
     copy_sleep_s: float = 0.0
     sleep_every: int = 1  # sleep_s stalls every Nth loss only (uneven steps)
+    ema_decay: float = 0.0  # model EMA (harness/ema.py)
 
 
 def _blobs(n: int, cfg: TinyConfig, seed: int) -> torch.utils.data.TensorDataset:

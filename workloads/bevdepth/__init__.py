@@ -29,6 +29,7 @@ from workloads.bevdepth.model import BEVDepth
 from workloads.bevdepth.multikey import MultiKeyDataset
 from workloads.bevdepth.postprocess import decode
 from workloads.bevdepth.view_transform import MAT_KEYS
+from workloads.bevdepth.weights import BEVDEPTH_LIGHTNING
 from workloads.layers.pretrained import RESNET_LAYOUTS
 
 NUSCENES_VERSIONS = ("v1.0-trainval", "v1.0-mini")
@@ -139,7 +140,7 @@ class BEVDepthWorkload(Workload):
 
     # -- model and optimisation --
     def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
-        return RESNET_LAYOUTS if part == "backbone" else ()
+        return RESNET_LAYOUTS if part == "backbone" else (BEVDEPTH_LIGHTNING,)
 
     def backbone(self, model: nn.Module) -> nn.Module | None:
         return model.get_submodule("encoder.backbone")
@@ -215,6 +216,14 @@ class MatrixVTWorkload(BEVDepthWorkload):
     view_transform = "matrixvt"
     # Megvii's MatrixVT experiment builds on bev_depth_lss_r50_256x704_128x128_24e_ema: 1 key.
     full_num_keys = 1
+
+    @classmethod
+    def presets(cls) -> dict[str, BEVDepthConfig]:
+        # ...whose optimizer is AdamW at a constant lr (no MultiStepLR) with model EMA 0.999
+        # (exps/nuscenes/mv/bev_depth_lss_r50_256x704_128x128_24e_ema.py, use_ema=True).
+        presets = super().presets()
+        presets["full"] = dataclasses.replace(presets["full"], lr_milestones=(), ema_decay=0.999)
+        return presets
 
 
 @hookimpl

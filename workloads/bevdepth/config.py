@@ -116,6 +116,9 @@ class BEVDepthConfig(WorkloadConfig):
     weight_decay: float = 1e-7
     lr_milestones: tuple[float, ...] = (19 / 24, 23 / 24)  # fractions of the run
     lr_gamma: float = 0.1
+    # Model EMA evaluated instead of the raw weights (harness/ema.py; 0: off). The `_ema`
+    # experiments (MatrixVT's base) keep one with decay 0.999 (bevdepth/callbacks/ema.py).
+    ema_decay: float = 0.0
     batch_size: int = 8
     eval_batch_size: int = 8
     # Steps convention (README): optimizer steps at the published global batch, 8 GPUs x 8 =

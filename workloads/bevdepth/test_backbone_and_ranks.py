@@ -95,3 +95,20 @@ def test_velocity_code_weights_follow_the_key_count_as_the_original() -> None:
     smoke = BEVDepthWorkload.presets()["smoke"]
     assert smoke.box_code_weights() == (1.0,) * 8 + (0.5, 0.5)  # unchanged: its rows hold
     assert dataclasses.replace(smoke, code_weights=(2.0,) * 10).box_code_weights() == (2.0,) * 10
+
+
+def test_matrixvt_full_follows_its_ema_experiment() -> None:
+    """Megvii's MatrixVT builds on bev_depth_lss_r50_256x704_128x128_24e_ema: AdamW at a
+    constant lr and model EMA 0.999; BEVDepth's 2-key full keeps its MultiStepLR at 19/24, 23/24."""
+    from workloads.bevdepth import BEVDepthWorkload, MatrixVTWorkload
+
+    mvt = MatrixVTWorkload.presets()["full"]
+    assert mvt.ema_decay == 0.999 and mvt.lr_milestones == ()
+    wl = MatrixVTWorkload(dataclasses.replace(mvt, backbone_depth=18, backbone_base_channels=8))
+    sched = wl.build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 100)
+    for _ in range(100):
+        sched.step()
+    assert sched.get_last_lr() == [1.0]
+    bev = BEVDepthWorkload.presets()["full"]
+    assert bev.ema_decay == 0.0 and bev.lr_milestones == (19 / 24, 23 / 24)
+    assert MatrixVTWorkload.presets()["smoke"].ema_decay == 0.0  # its rows hold

@@ -121,7 +121,11 @@ class StreamPETRWorkload(Workload):
 
     # -- model and optimisation --
     def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
-        return RESNET_LAYOUTS if part == "backbone" else ()
+        from workloads.streampetr.weights import STREAMPETR_MMDET3D
+
+        # The original's whole-model checkpoint (weights.py: its attentions are packed and
+        # its FocalHead convs carry biases, so today a file of it fails strictly, naming them).
+        return RESNET_LAYOUTS if part == "backbone" else (STREAMPETR_MMDET3D,)
 
     def build_model(self) -> nn.Module:
         from workloads.streampetr.model import StreamPETR

@@ -26,7 +26,7 @@ from workloads.yolov3.loss import yolov3_loss
 from workloads.yolov3.metric import coco_bbox_metrics, to_coco_results
 from workloads.yolov3.model import YOLOv3
 from workloads.yolov3.postprocess import InferConfig, postprocess
-from workloads.yolov3.transforms import PipelineParams, mmdet_train_pipeline
+from workloads.yolov3.transforms import KeepRatioCocoDetection, PipelineParams, mmdet_train_pipeline
 from workloads.yolov3.weights import MMDET_YOLOV3
 
 
@@ -80,7 +80,10 @@ class YOLOv3Workload(Workload):
             params = PipelineParams(scale_range=c.scale_range, flip_prob=c.flip_prob)
             transform = functools.partial(mmdet_train_pipeline, p=params)
         train = CocoDetection(root, "train", c.input_size, flip_prob=c.flip_prob, transform=transform)
-        val = CocoDetection(root, "val", c.input_size)
+        if c.test_resize == "keep_ratio":  # mmdet's test pipeline: keep-ratio resize, pad to 32
+            val = KeepRatioCocoDetection(root, "val", c.input_size)
+        else:
+            val = CocoDetection(root, "val", c.input_size)
         if train.cat_ids != val.cat_ids:
             raise DatasetError(f"{val.ann_path}: categories differ from those of {train.ann_path}")
         from_data = self._classes_from(train)

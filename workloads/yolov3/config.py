@@ -34,6 +34,11 @@ class YOLOv3Config(WorkloadConfig):
     # () = (320, input_size), as mmdet's configs: yolov3_d53_mstrain-608 trains at 320-608,
     # mstrain-416 at 320-416, yolov3_d53_320 at 320 only.
     train_scale_range: tuple[int, ...] = ()
+    # Evaluation input. "keep_ratio": mmdet's yolov3_d53 test pipeline (Resize to
+    # (input_size, input_size) keeping the aspect ratio, pad to a multiple of 32 at the
+    # bottom/right; a batch pads to its largest image; yolov3/transforms.py);
+    # "letterbox": the square input_size x input_size letterbox (the smoke preset's rows).
+    test_resize: Literal["keep_ratio", "letterbox"] = "keep_ratio"
     synth_train_images: int = 320  # synthetic data (used when no --data is given)
     synth_val_images: int = 100
     synth_min_side: int = 96
@@ -118,7 +123,7 @@ class YOLOv3Config(WorkloadConfig):
         and the lighter letterbox + flip training pipeline at the fixed 160-px input."""
         return cls(
             num_classes=4, input_size=160, width=0.25, depths=(1, 1, 2, 2, 1), scale_anchors=True,
-            train_pipeline="letterbox",
+            train_pipeline="letterbox", test_resize="letterbox",
             synth_train_images=320, synth_val_images=100,
             batch_size=16, eval_batch_size=25, steps=400, grad_clip=10.0, num_workers=0,
             optimizer="adamw", lr=2e-3, weight_decay=5e-4, warmup_steps=50, schedule="cosine",

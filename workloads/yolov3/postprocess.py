@@ -67,7 +67,12 @@ def _select(boxes: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor, meta: di
     boxes, scores = boxes[box_idx], scores[box_idx, labels]
     keep = batched_nms(boxes, scores, labels, cfg.nms_iou, max_keep=cfg.max_per_img)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    # Undo the letterbox: input pixels -> original pixels, clipped to the image.
+    # Input pixels -> original pixels: divide by the per-axis resize scale, as mmdet's
+    # rescale (mmdet 3.3.0 mmdet/models/dense_heads/base_dense_head.py lines 464-467, 1 /
+    # scale_factor). Both the square letterbox and the keep-ratio test resize put the image
+    # at the top-left with padding only at the bottom/right, so there is no offset to undo;
+    # the grid priors follow each batch's padded size (grid_priors reads the maps' H, W, as
+    # mmdet's yolo_head.py lines 234-237). Then clipped to the image (mmdet does not clip).
     sx, sy = meta["scale"]
     width, height = meta["orig_size"]
     boxes = boxes / boxes.new_tensor([sx, sy, sx, sy])

@@ -7,13 +7,21 @@ contrast and saturation 0.5..1.5, hue +-18 degrees, random channel swap; no clip
 mmdet), Normalize (mean 0, std 255: the workload divides by 255), Pad to a multiple of 32
 (the collate pads the batch to its largest image, right/bottom, with 0).
 Images are float32 HWC RGB in 0..255 here; boxes (n, 4) xyxy pixels.
+
+The test side (KeepRatioCocoDetection, the full preset's evaluation) is mmdet's test
+pipeline: Resize keep_ratio to the test scale, then the data preprocessor's pad to 32.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
+
+from workloads.datasets.coco import CocoDetection
 
 MIN_IOUS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -161,3 +169,86 @@ def mmdet_train_pipeline(rng: np.random.Generator, img: np.ndarray, boxes: np.nd
     padded = np.zeros((-(-h // d) * d, -(-w // d) * d, 3), dtype=np.float32)
     padded[:h, :w] = img
     return np.ascontiguousarray(padded.transpose(2, 0, 1)), boxes.astype(np.float32), labels
+
+
+# --------------------------------------------------------------------------- test pipeline
+# mmdet 3.3.0 configs/yolo/yolov3_d53_8xb8-ms-608-273e_coco.py (as installed in the wheel,
+# mmdet/.mim/configs/yolo/): test_pipeline (lines 101-109) = LoadImageFromFile,
+# Resize(scale=(608, 608), keep_ratio=True) (line 103), LoadAnnotations, PackDetInputs; the
+# ms-416 and 320 variants change only the scale (yolov3_d53_8xb8-ms-416-273e_coco.py line 19,
+# yolov3_d53_8xb8-320-273e_coco.py lines 3 and 20). data_preprocessor (lines 3-8):
+# DetDataPreprocessor, mean 0, std 255, bgr_to_rgb, pad_size_divisor=32; val batch_size=1
+# (line 126).
+
+
+def keep_ratio_size(w: int, h: int, scale: int | tuple[int, int]) -> tuple[int, int]:
+    """(new_w, new_h) of mmcv's keep-ratio Resize at `scale` (an int = a square scale).
+
+    mmcv 2.1.0 mmcv/image/geometric.py rescale_size, lines 242-245: the factor is
+    min(long edge of scale / long side, short edge of scale / short side); _scale_size, line
+    33: each side is int(side * factor + 0.5)."""
+    long_edge, short_edge = (scale, scale) if isinstance(scale, int) else (max(scale), min(scale))
+    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    return int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
+
+
+def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 HWC -> uint8 HWC of size (w, h), as cv2.resize(INTER_LINEAR) (mmcv Resize's
+    default: backend 'cv2', interpolation 'bilinear', mmcv/transforms/processing.py lines
+    138-139): half-pixel centres, edge clamped, no antialiasing (unlike PIL's bilinear when
+    shrinking). cv2 rounds through 11-bit fixed point, so pixels may differ by 1."""
+    w, h = size
+    if (h, w) == img.shape[:2]:
+        return img.copy()
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def pad_to_divisor(image: torch.Tensor, divisor: int) -> torch.Tensor:
+    """(C, H, W) -> (C, ceil(H/d)*d, ceil(W/d)*d), zeros at the bottom/right only.
+
+    mmengine 0.10.7 mmengine/model/utils.py stack_batch: the batch's max size rounded up to
+    the divisor (lines 47-48), padded right and bottom (line 61); called by
+    ImgDataPreprocessor.forward (mmengine/model/base_model/data_preprocessor.py line 278)
+    after normalising, so mmdet's pad value 0 is pixel 0 with mean 0. Padding each image
+    to its own multiple here and the collate to the batch's largest gives the same size:
+    the max of multiples of d is the max size rounded up to d."""
+    h, w = image.shape[-2:]
+    return F.pad(image, (0, -w % divisor, 0, -h % divisor))
+
+
+def keep_ratio_resize(img: np.ndarray, scale: int, size_divisor: int = 32
+                      ) -> tuple[torch.Tensor, tuple[float, float]]:
+    """uint8 HWC RGB -> (3, H', W') uint8 padded to size_divisor (bottom/right) and the
+    per-axis scale (new_w / w, new_h / h) that mmcv records as scale_factor
+    (mmcv/transforms/processing.py lines 182-183, 193) and mmdet divides the predictions by
+    (mmdet/models/dense_heads/base_dense_head.py lines 464-467). No offset: the image sits
+    at the top-left of its padding."""
+    h, w = img.shape[:2]
+    nw, nh = keep_ratio_size(w, h, scale)
+    resized = torch.from_numpy(resize_bilinear(img, (nw, nh))).permute(2, 0, 1).contiguous()
+    return pad_to_divisor(resized, size_divisor), (nw / w, nh / h)
+
+
+class KeepRatioCocoDetection(CocoDetection):
+    """A COCO split with mmdet's YOLOv3 test pipeline instead of the square letterbox:
+    keep-ratio resize to `input_size` (the test scale), padded to a multiple of 32 at the
+    bottom/right; the collate pads a batch to its largest image (a multiple of 32 too).
+    Items as CocoDetection's: image uint8 (3, H', W'), boxes in input pixels, meta scale."""
+
+    def __init__(self, root: Any, split: str, input_size: int, size_divisor: int = 32) -> None:
+        super().__init__(root, split, input_size)
+        self.size_divisor = size_divisor
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        info = self.images[index]
+        img = self.load_image(index)
+        w, h = img.size
+        objs = self.targets[info["id"]]
+        boxes = torch.tensor([b for b, _ in objs], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([lb for _, lb in objs], dtype=torch.long)
+        image, (sx, sy) = keep_ratio_resize(np.asarray(img), self.input_size, self.size_divisor)
+        boxes = boxes * torch.tensor([sx, sy, sx, sy])
+        meta = {"image_id": info["id"], "orig_size": (w, h), "scale": (sx, sy), "file": info["file_name"]}
+        return {"image": image, "boxes": boxes, "labels": labels, "meta": meta}
