@@ -123,6 +123,10 @@ class BEVDepthWorkload(Workload):
         else:
             train = NuScenesDetDataset(infos["train"], root, params, train=True)
             val = NuScenesDetDataset(infos["val"], root, params, train=False)
+        if self.config.use_cbgs:
+            from workloads.datasets.cbgs import ClassBalanced, class_balanced_indices
+
+            train = ClassBalanced(train, class_balanced_indices(infos["train"], CLASSES))
         return Datasets(train=train, val=val, collate=collate_nuscenes, source=source, from_data=from_data)
 
     @staticmethod
@@ -222,7 +226,8 @@ class MatrixVTWorkload(BEVDepthWorkload):
         # ...whose optimizer is AdamW at a constant lr (no MultiStepLR) with model EMA 0.999
         # (exps/nuscenes/mv/bev_depth_lss_r50_256x704_128x128_24e_ema.py, use_ema=True).
         presets = super().presets()
-        presets["full"] = dataclasses.replace(presets["full"], lr_milestones=(), ema_decay=0.999)
+        presets["full"] = dataclasses.replace(presets["full"], lr_milestones=(), ema_decay=0.999,
+                                              use_cbgs=True)  # MatrixVT_Exp.data_use_cbgs
         return presets
 
 

@@ -119,6 +119,9 @@ class BEVDepthConfig(WorkloadConfig):
     # Model EMA evaluated instead of the raw weights (harness/ema.py; 0: off). The `_ema`
     # experiments (MatrixVT's base) keep one with decay 0.999 (bevdepth/callbacks/ema.py).
     ema_decay: float = 0.0
+    # CBGS class-balanced resampling of the train split (workloads/datasets/cbgs.py), as the
+    # original's data_use_cbgs (MatrixVT's experiment and the `_cbgs` BEVDepth ones).
+    use_cbgs: bool = False
     batch_size: int = 8
     eval_batch_size: int = 8
     # Steps convention (README): optimizer steps at the published global batch, 8 GPUs x 8 =
