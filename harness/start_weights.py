@@ -44,6 +44,9 @@ class WeightLayout:
     name: str
     source: str  # the code whose names these are (repository, file, commit)
     rename: Callable[[str], str | None]
+    # Applied to the file's tensors before renaming, where names alone cannot say it: a
+    # packed q/k/v projection split in three, rows of another class order permuted.
+    transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
 
 OWN_LAYOUT = WeightLayout("harness", "this project's module names", lambda key: key)
@@ -123,6 +126,8 @@ def fit(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
         layout: WeightLayout) -> Fit:
     mapped: dict[str, torch.Tensor] = {}
     ignored = []
+    if layout.transform is not None:
+        state = layout.transform(state)
     for key, value in state.items():
         name = layout.rename(key)
         if name is None:

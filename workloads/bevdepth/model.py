@@ -166,10 +166,13 @@ class BEVDepth(nn.Module):
                                   cfg.depth_use_aspp, cfg.depth_use_dcn)
         self.head = CenterPointHead(cfg)
 
-    def bev(self, imgs: torch.Tensor, mats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One key frame: imgs (B, N, 3, H, W) -> BEV (B, C, Y, X) and depth logits."""
+    def bev(self, imgs: torch.Tensor, mats: Mapping[str, torch.Tensor],
+            depth_mats: Mapping[str, torch.Tensor] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One key frame: imgs (B, N, 3, H, W) -> BEV (B, C, Y, X) and depth logits.
+        `depth_mats`: the camera parameters the depth net reads (default `mats`)."""
         feats = self.encoder(imgs.flatten(0, 1))
-        depth_logits, context = self.depth_net(feats, mats)
+        depth_logits, context = self.depth_net(feats, mats if depth_mats is None else depth_mats)
         return self.view_transform(depth_logits.softmax(dim=1), context, mats), depth_logits
 
     def forward(self, imgs: torch.Tensor, mats: Mapping[str, torch.Tensor]
@@ -180,11 +183,15 @@ class BEVDepth(nn.Module):
         if imgs.dim() == 5:
             bev, depth_logits = self.bev(imgs, mats)
         else:
-            bev, depth_logits = self.bev(imgs[:, 0], key_mats(dict(mats), 0))
+            current = key_mats(dict(mats), 0)
+            bev, depth_logits = self.bev(imgs[:, 0], current)
             bevs = [bev]
             for k in range(1, imgs.shape[1]):
+                # As the original (base_lss_fpn.py DepthNet: mats_dict[...][:, 0:1]), every key
+                # frame's depth net reads the current key's camera parameters; the voxel
+                # pooling places each frame with its own geometry.
                 with torch.no_grad():
-                    bevs.append(self.bev(imgs[:, k], key_mats(dict(mats), k))[0])
+                    bevs.append(self.bev(imgs[:, k], key_mats(dict(mats), k), current)[0])
             bev = torch.cat(bevs, dim=1)
         # The depth loss needs fp32 probabilities (the original notes it collapses otherwise).
         return self.head(bev), depth_logits.float().softmax(dim=1)

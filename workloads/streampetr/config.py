@@ -51,6 +51,7 @@ class StreamPETRConfig(WorkloadConfig):
     embed_dims: int = 256
     # -- 2D auxiliary FocalHead --
     aux_2d: bool = True
+    focal_conv_bias: bool = True  # the FocalHead's shared convs carry a bias, as the original
     # -- 3D head --
     num_query: int = 644
     num_propagated: int = 256
@@ -113,6 +114,7 @@ class StreamPETRConfig(WorkloadConfig):
         return cls(
             image_size=(64, 176), backbone_depth=18, backbone_base_channels=16,
             backbone_stage_blocks=(1, 1, 1, 1), backbone_norm_eval=False, embed_dims=64,
+            focal_conv_bias=False,  # as measured for its reference rows
             num_query=64, num_propagated=32, memory_len=128, topk_proposals=32, depth_num=16,
             num_layers=2, num_heads=4, ffn_dims=128, dropout=0.0, max_detections=100,
             # The one addition to the architecture (README, StreamPETR): without it the learned

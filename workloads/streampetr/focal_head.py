@@ -19,14 +19,18 @@ from workloads.layers.gaussian import draw_gaussians, gaussian_focal_loss
 from workloads.streampetr.layers import inverse_sigmoid
 
 
-def _conv_gn(c: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.GroupNorm(32, c), nn.ReLU(inplace=True))
+def _conv_gn(c: int, bias: bool) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=bias), nn.GroupNorm(32, c),
+                         nn.ReLU(inplace=True))
 
 
 class FocalHead(nn.Module):
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, conv_bias: bool = True) -> None:
         super().__init__()
-        self.shared_cls, self.shared_reg = _conv_gn(channels), _conv_gn(channels)
+        # The original's shared convs are plain nn.Conv2d, with a bias (focal_head.py:122-130);
+        # the smoke preset keeps the bias-free convs its reference rows were measured with.
+        self.shared_cls = _conv_gn(channels, conv_bias)
+        self.shared_reg = _conv_gn(channels, conv_bias)
         self.cls = nn.Conv2d(channels, num_classes, 1)
         self.centerness = nn.Conv2d(channels, 1, 1)
         self.ltrb = nn.Conv2d(channels, 4, 1)

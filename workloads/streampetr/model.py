@@ -25,7 +25,8 @@ class StreamPETR(nn.Module):
                                stage_blocks=cfg.backbone_stage_blocks, out_indices=(2, 3),
                                norm_eval=cfg.backbone_norm_eval and bool(cfg.backbone_weights))
         self.neck = CPFPN(self.backbone.out_channels[2:], cfg.embed_dims)
-        self.img_roi_head = FocalHead(cfg.embed_dims, len(cfg.class_names)) if cfg.aux_2d else None
+        self.img_roi_head = (FocalHead(cfg.embed_dims, len(cfg.class_names), cfg.focal_conv_bias)
+                             if cfg.aux_2d else None)
         self.pts_bbox_head = StreamPETRHead(cfg)
 
     def _backbone(self, x: torch.Tensor) -> list[torch.Tensor]:

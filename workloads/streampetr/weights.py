@@ -20,6 +20,11 @@ The names map one to one onto ours, with these exceptions:
 - FocalHead's `shared_cls.0` / `shared_reg.0` are nn.Conv2d with a bias
   (focal_head.py:123,128); ours has none (focal_head.py `_conv_gn`, bias=False): those two
   biases have no place in our model and stay unexpected.
+- Same shapes, other meaning: the original's FocalHead `img_roi_head.cls` rows follow its
+  converter's 2D label order (nuscenes_converter.py:17 `nus_categories`: car, truck,
+  trailer, bus, construction_vehicle, bicycle, motorcycle, pedestrian, traffic_cone,
+  barrier), ours the config's class order; a faithful load permutes the 10 rows by
+  [0, 1, 4, 3, 2, 9, 6, 5, 7, 8] (ours <- original), which a renaming cannot either.
 """
 from __future__ import annotations
 
@@ -92,9 +97,23 @@ def split_in_proj(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# Ours <- original rows of the FocalHead's class outputs: the original's 2D labels follow its
+# converter's nus_categories order (nuscenes_converter.py:17), ours the config's classes.
+FOCAL_CLASS_ROWS = (0, 1, 4, 3, 2, 9, 6, 5, 7, 8)
+
+
+def to_our_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What renaming cannot do: split the packed projections, reorder the 2D class rows."""
+    out = split_in_proj(state)
+    for key in ("img_roi_head.cls.weight", "img_roi_head.cls.bias"):
+        if key in out and out[key].shape[0] == len(FOCAL_CLASS_ROWS):
+            out[key] = out[key][list(FOCAL_CLASS_ROWS)]
+    return out
+
+
 STREAMPETR_MMDET3D = WeightLayout(
     "streampetr-mmdet3d",
     f"exiawsh/StreamPETR {COMMIT[:7]} projects/configs/StreamPETR/"
     "stream_petr_r50_flash_704_bs2_seq_24e.py (petr3d.py, streampetr_head.py, focal_head.py, "
     "cp_fpn.py, petr_transformer.py; mmdet ResNet, mmcv MultiheadAttention/FFN)",
-    streampetr_key)
+    streampetr_key, to_our_tensors)

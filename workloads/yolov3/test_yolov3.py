@@ -243,6 +243,12 @@ def test_backbone_weights_load_from_a_local_file(tmp_path: Any) -> None:
     for p in source.parameters():
         p.data.normal_()
     torch.save(source.state_dict(), tmp_path / "darknet.pth")
+    from harness.start_weights import load_start_weights
+
     cfg = dataclasses.replace(YOLOv3Config.smoke(), backbone_weights=str(tmp_path / "darknet.pth"))
-    loaded = YOLOv3Workload(cfg).build_model().backbone
+    workload = YOLOv3Workload(cfg)
+    model = workload.build_model()
+    (entry,) = load_start_weights(workload, model)  # what the host does after build_model()
+    assert entry["layout"] == "harness"
+    loaded = model.backbone
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))

@@ -200,7 +200,7 @@ def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     if (h, w) == img.shape[:2]:
         return img.copy()
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
     out = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     return out[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
