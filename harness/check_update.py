@@ -76,7 +76,7 @@ def _row_config(record: Record, existing: Sequence[RefRow]) -> str:
     pins, e.g. view_transform=lss), else the record's own configuration overrides."""
     for row in existing:
         if (row.scale == record.scale and row.kind == record_kind(record)
-                and not config_diff(row, record) and not row_differences(row.settings, record)):
+                and not config_diff(row, record) and not row_differences(row.settings, record, row.world_size)):
             return row.config
     config = record_overrides(record)
     if record.kind == "train":  # what it started from and, off the preset's, how long

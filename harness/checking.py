@@ -143,7 +143,8 @@ def _match_in(record: Record, rows: Sequence[RefRow], name: str,
 
     # Rows measured with the run's starting weights and schedule win; if none was, the
     # closest still matches, and the verdict says why its accuracy cannot judge the run.
-    unlike = {id(rs): row_differences(rs[0].settings, record) for rs in same_weights}
+    unlike = {id(rs): row_differences(rs[0].settings, record, rs[0].world_size)
+              for rs in same_weights}
     alike = [rs for rs in same_weights if not unlike[id(rs)]] or same_weights
     best = max(alike, key=score)  # max keeps the first of equals: file order
     return Match(best, _reason(best[0], rec), unlike[id(best)]), ""

@@ -53,8 +53,11 @@ def per_step_batch(schedule: dict[str, Any]) -> int | None:
     return None if batch is None else batch * (_int(schedule.get("grad_accum")) or 1)
 
 
-def row_differences(settings: dict[str, str], record: Record) -> list[str]:
-    """Why the record's training is not the one the row was measured with; [] if it is."""
+def row_differences(settings: dict[str, str], record: Record,
+                    row_world_size: str = "any") -> list[str]:
+    """Why the record's training is not the one the row was measured with; [] if it is.
+    `row_world_size`: the row's devices; the preset's batch per process times them is the
+    global batch the row assumes (a published 8-GPU row: 8 x the per-GPU batch)."""
     if record.kind != "train":
         return []
     out = []
@@ -73,17 +76,23 @@ def row_differences(settings: dict[str, str], record: Record) -> list[str]:
         out.append(f"the row was measured over {row_steps} optimizer steps{whose}, the run "
                    f"trained {steps}")
     batch = per_step_batch(schedule)
+    world = _int(schedule.get("world_size")) or 1
+    row_world = _int(row_world_size)
+    preset = _int(schedule.get("preset_batch_size"))
     if "global_batch" in settings:
-        world = _int(schedule.get("world_size")) or 1
         row_batch = _int(settings["global_batch"])
-        if batch is not None and row_batch is not None and batch * world != row_batch:
-            out.append(f"the row was measured with a global batch of {row_batch}, the run "
-                       f"used {batch * world}")
+    elif preset is not None and row_world is not None:
+        row_batch = preset * row_world
     else:
-        preset = _int(schedule.get("preset_batch_size"))
-        if batch is not None and preset is not None and batch != preset:
-            out.append(f"the row was measured with the preset's batch of {preset} per "
-                       f"process and step, the run used {batch}")
+        row_batch = None
+    if batch is not None and row_batch is not None and batch * world != row_batch:
+        out.append(f"the row was measured with a global batch of {row_batch}"
+                   + ("" if "global_batch" in settings else
+                      f" (the preset's {preset} per device x {row_world})")
+                   + f", the run used {batch * world} ({batch} x {world})")
+    elif batch is not None and preset is not None and row_batch is None and batch != preset:
+        out.append(f"the row was measured with the preset's batch of {preset} per device and "
+                   f"step, the run used {batch}")
     return out
 
 
