@@ -244,10 +244,18 @@ def user_set_fields(run: RunConfig) -> frozenset[str]:
 
 # What a field's name says about its range (the generic check; a workload config's
 # validate() adds the model's own rules). Matched on the last dotted component.
-_POSITIVE_NAMES = frozenset({"batch_size", "eval_batch_size", "steps", "num_classes"})
-_POSITIVE_SUFFIXES = ("_size", "_wh", "_divisor", "_stride")
+_POSITIVE_NAMES = frozenset({"batch_size", "eval_batch_size", "steps", "num_classes",
+                             "num_heads", "num_query", "num_keys", "num_cams", "num_cameras",
+                             "num_control_points", "num_lane_points", "num_height_planes",
+                             "memory_len", "topk_proposals"})
+# Sizes of a network or a data item: a width, a head count, a layer count, a scale.
+_POSITIVE_SUFFIXES = ("_size", "_wh", "_divisor", "_stride", "_channels", "_dims", "_heads",
+                      "_layers", "_queries", "_scale")
+_POSITIVE_PREFIXES = ("max_",)  # caps (max_objs, max_lanes, max_per_img)
 _NON_NEGATIVE_NAMES = frozenset({"lr", "lr_per_sample", "num_workers", "grad_clip"})
 _NON_NEGATIVE_PARTS = ("weight", "warmup", "seed", "synth")
+_NON_NEGATIVE_PREFIXES = ("num_",)  # counts that may be 0 (num_propagated, num_workers)
+_NON_NEGATIVE_SUFFIXES = ("_thr", "_groups")  # thresholds and group counts (dn_groups)
 _UNIT_SUFFIXES = ("_prob", "_ratio")
 
 
@@ -266,9 +274,13 @@ def _numbers(value: Any) -> list[float] | None:
 def _range_rule(name: str) -> tuple[str, Callable[[float], bool]] | None:
     if name.endswith(_UNIT_SUFFIXES) or name == "dropout":
         return "must be in [0, 1]", lambda v: 0 <= v <= 1
-    if name in _POSITIVE_NAMES or name.endswith(_POSITIVE_SUFFIXES):
+    if name.endswith("_decay") and name != "weight_decay":  # an average's decay (ema_decay)
+        return "must be in [0, 1)", lambda v: 0 <= v < 1
+    if (name in _POSITIVE_NAMES or name.endswith(_POSITIVE_SUFFIXES)
+            or name.startswith(_POSITIVE_PREFIXES)):
         return "must be > 0", lambda v: v > 0
-    if name in _NON_NEGATIVE_NAMES or any(part in name for part in _NON_NEGATIVE_PARTS):
+    if (name in _NON_NEGATIVE_NAMES or any(part in name for part in _NON_NEGATIVE_PARTS)
+            or name.startswith(_NON_NEGATIVE_PREFIXES) or name.endswith(_NON_NEGATIVE_SUFFIXES)):
         return "must be >= 0", lambda v: v >= 0
     return None
 

@@ -33,7 +33,7 @@ CASES: list[tuple[str, str, str]] = [
     ("bevdepth", "d_bound=58,2,0.5", "d_bound=(58.0, 2.0, 0.5): must be (low, high, step)"),
     ("bevdepth", "lr_per_sample=-1e-3", "lr_per_sample=-0.001: must be >= 0"),
     ("bevdepth", "bbox_loss_weight=-1", "bbox_loss_weight=-1.0: must be >= 0"),
-    ("matrixvt", "num_keys=0", "num_keys=0: must be >= 1"),
+    ("matrixvt", "num_keys=0", "num_keys=0: must be > 0"),
     ("matrixvt", "image_size=0,176", "image_size=(0, 176): must be > 0"),
     ("lanes", "input_size=321,800", "input_size=(321, 800): must be multiples of hm_stride"),
     ("lanes", "hm_stride=4", "hm_stride=4: must be 8"),
@@ -47,6 +47,19 @@ CASES: list[tuple[str, str, str]] = [
     ("streampetr", "dropout=1.5", "dropout=1.5: must be in [0, 1]"),
     ("tiny", "lr=nan", "lr=nan: must be finite"),
     ("tiny", "steps=" + "9" * 400, "9: must be finite"),  # beyond any float
+    # issue 24: sizes, counts, caps and thresholds by their names; an average's decay
+    ("streampetr", "num_heads=0", "num_heads=0: must be > 0"),
+    ("streampetr", "embed_dims=0", "embed_dims=0: must be > 0"),
+    ("streampetr", "num_propagated=-1", "num_propagated=-1: must be >= 0"),
+    ("streampetr", "dn_groups=-1", "dn_groups=-1: must be >= 0"),
+    ("openlanev2", "embed_dims=0", "embed_dims=0: must be > 0"),
+    ("openlanev2", "num_heads=0", "num_heads=0: must be > 0"),
+    ("openlanev2", "synthetic_image_scale=0", "synthetic_image_scale=0.0: must be > 0"),
+    ("lanes", "base_channels=0", "base_channels=0: must be > 0"),
+    ("lanes", "cluster_thr=-1", "cluster_thr=-1.0: must be >= 0"),
+    ("matrixvt", "matrixvt_mid_channels=0", "matrixvt_mid_channels=0: must be > 0"),
+    ("bevdepth", "max_objs=0", "max_objs=0: must be > 0"),
+    ("bevdepth", "ema_decay=1", "ema_decay=1.0: must be in [0, 1)"),
 ]
 
 
