@@ -534,6 +534,7 @@ def test_torch_save_on_a_full_disk_is_reported_as_no_space(
         trained_model = runner.torch.nn.Linear(1, 1)
         step = 1
         optimizer = None
+        ema = None
         config = type("C", (), {"workload": "tiny"})()
         workload = type("W", (), {"config": None})()
 

@@ -123,8 +123,8 @@ class StreamPETRWorkload(Workload):
     def weight_layouts(self, part: str) -> tuple[WeightLayout, ...]:
         from workloads.streampetr.weights import STREAMPETR_MMDET3D
 
-        # The original's whole-model checkpoint (weights.py: its attentions are packed and
-        # its FocalHead convs carry biases, so today a file of it fails strictly, naming them).
+        # The original's whole-model checkpoint (weights.py: packed attentions split, the
+        # FocalHead's class rows reordered by the layout's transform).
         return RESNET_LAYOUTS if part == "backbone" else (STREAMPETR_MMDET3D,)
 
     def build_model(self) -> nn.Module:

@@ -12,19 +12,21 @@ The names map one to one onto ours, with these exceptions:
   same tensors (None).
 - The decoder's attentions pack q, k, v into `in_proj_weight` (3C, C) / `in_proj_bias` (3C)
   (nn.MultiheadAttention for the self-attention, FlashMHA for the cross-attention, both
-  [q; k; v]); ours holds three Linears `q`, `k`, `v`. A renaming cannot split a tensor:
-  `streampetr_key` renames the packed key to `<ours>.in_proj_weight`, which the fit reports
-  as unexpected (with q/k/v missing). `split_in_proj` does the split in the original's
-  namespace (`attn.q_proj_weight`, ... which `streampetr_key` maps onto q/k/v) for a loader
-  that can transform tensors; harness/start_weights.py has no such hook yet.
+  [q; k; v]); ours holds three Linears `q`, `k`, `v`. A renaming cannot split a tensor: the
+  layout's transform (`to_our_tensors`, run by harness/start_weights.py before renaming)
+  splits it in the original's namespace (`attn.q_proj_weight`, ... which `streampetr_key`
+  maps onto q/k/v).
 - FocalHead's `shared_cls.0` / `shared_reg.0` are nn.Conv2d with a bias
-  (focal_head.py:123,128); ours has none (focal_head.py `_conv_gn`, bias=False): those two
-  biases have no place in our model and stay unexpected.
+  (focal_head.py:123,128), as ours in `full` (`focal_conv_bias`; the smoke preset keeps the
+  bias-free convs its rows were measured with).
 - Same shapes, other meaning: the original's FocalHead `img_roi_head.cls` rows follow its
   converter's 2D label order (nuscenes_converter.py:17 `nus_categories`: car, truck,
   trailer, bus, construction_vehicle, bicycle, motorcycle, pedestrian, traffic_cone,
-  barrier), ours the config's class order; a faithful load permutes the 10 rows by
-  [0, 1, 4, 3, 2, 9, 6, 5, 7, 8] (ours <- original), which a renaming cannot either.
+  barrier), ours the config's class order; the transform permutes the 10 rows by
+  [0, 1, 4, 3, 2, 9, 6, 5, 7, 8] (ours <- original).
+- Not handled yet (docs/workloads/streampetr.md, deviations): the original's box code
+  orders the sizes (l, w, h) where ours is (w, l, h); the regression rows of a loaded
+  original checkpoint are not swapped to match.
 """
 from __future__ import annotations
 
