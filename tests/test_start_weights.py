@@ -158,3 +158,13 @@ def test_parity_of_other_schedules_compares_speed_not_accuracy() -> None:
     assert not table.worse
     judged = build([base, short], compare_anyway=True)
     assert judged.worse  # half the accuracy: WORSE once the schedules are ignored
+
+
+def test_check_of_a_no_eval_run_points_at_harness_eval() -> None:
+    record = _smoke_record(metrics={})
+    record.config["run"]["eval"] = False
+    record.config["run"]["out"] = "runs/x"
+    res = check_record(record, reference_dir())
+    assert not res.passed
+    assert res.summary == ("the run has no evaluation (--no-eval); score its weights with "
+                           "`harness eval yolov3 --checkpoint runs/x/checkpoint.pt`")
