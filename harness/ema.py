@@ -3,8 +3,10 @@ model where a recipe says so (BEVDepth's `_ema` experiments and MatrixVT on top 
 
 As the originals (BEVDepth bevdepth/callbacks/ema.py, after timm/YOLOX): every floating
 entry of the state dict (parameters and BatchNorm statistics) moves towards the model's
-after each optimizer step, with a decay that ramps up from 0 over the first steps,
-`d(n) = decay * (1 - exp(-n / ramp))` (ramp 2000 updates). The average is kept in fp32 on the
+after each optimizer step. timm/YOLOX ramp the decay up, `d(n) = decay * (1 - exp(-n /
+ramp))`; BEVDepth's EMACallback starts the counter at the schedule's length (ema.py:90), so
+its decay is `decay` from the first step: that is the default here (`ramp=None`); a ramp can
+be asked for in code. The average is kept in fp32 on the
 model's device even when the strategy keeps the weights in bf16/fp16; it is a checkpoint
 piece (key `ema`), so a resumed run continues the same average, and the final checkpoint
 holds it beside the raw weights (`harness eval` evaluates it, as the run's metrics did).
@@ -18,18 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
-RAMP_UPDATES = 2000.0  # BEVDepth/YOLOX: the decay reaches ~63% of its value after 2000 steps
+RAMP_UPDATES = 2000.0  # timm/YOLOX's ramp: the decay reaches ~63% of its value after 2000 steps
 
 
 class ModelEMA:
-    def __init__(self, model: nn.Module, decay: float, ramp: float = RAMP_UPDATES) -> None:
-        self.decay, self.ramp = float(decay), float(ramp)
+    def __init__(self, model: nn.Module, decay: float, ramp: float | None = None) -> None:
+        self.decay, self.ramp = float(decay), ramp
         self.model = copy.deepcopy(model).float().eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.updates = 0
 
     def current_decay(self) -> float:
+        if self.ramp is None:
+            return self.decay
         return self.decay * (1.0 - math.exp(-self.updates / self.ramp))
 
     @torch.no_grad()

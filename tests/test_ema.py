@@ -18,7 +18,7 @@ from tests.test_resume import KILL_AT, RUN, _record, plugins_here  # noqa: F401 
 def test_the_average_follows_the_original_formula() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).to(torch.bfloat16)
-    ema = ModelEMA(model, decay=0.999)
+    ema = ModelEMA(model, decay=0.999, ramp=RAMP_UPDATES)
     assert ema.model[0].weight.dtype == torch.float32  # kept in fp32 under bf16 weights
     start = ema.model[0].weight.clone()
     expected = start.clone()
@@ -32,6 +32,8 @@ def test_the_average_follows_the_original_formula() -> None:
     assert torch.allclose(ema.model[0].weight, expected, atol=1e-6)
     assert int(ema.model[1].num_batches_tracked) == 3 and ema.updates == 3
     assert not any(p.requires_grad for p in ema.model.parameters())
+    constant = ModelEMA(model, decay=0.999)  # BEVDepth's: no ramp (its counter starts late)
+    assert constant.current_decay() == 0.999
 
 
 def test_ema_is_evaluated_checkpointed_and_resumed(plugins_here: pytest.MonkeyPatch,  # noqa: F811
@@ -41,7 +43,7 @@ def test_ema_is_evaluated_checkpointed_and_resumed(plugins_here: pytest.MonkeyPa
     assert main([*run, "--out", str(whole)]) == 0
     assert main([*RUN, "--out", str(plain)]) == 0
     record = _record(whole)
-    assert record["ema"] == {"decay": 0.95, "ramp_updates": RAMP_UPDATES, "updates": 50,
+    assert record["ema"] == {"decay": 0.95, "ramp_updates": None, "updates": 50,
                              "evaluated": True}
     assert "ema" not in _record(plain)
     final = safe_torch_load(whole / "checkpoint.pt")

@@ -74,6 +74,7 @@ class BEVDepthWorkload(Workload):
             rot_lim=c.ida_rot_lim, rand_flip=c.ida_rand_flip, bda_rot_lim=c.bda_rot_lim,
             bda_scale_lim=c.bda_scale_lim, bda_flip_dx_ratio=c.bda_flip_dx_ratio,
             bda_flip_dy_ratio=c.bda_flip_dy_ratio, classes=CLASSES, cams=tuple(c.cams),
+            swap_rb=c.swap_rb,
             return_depth=True)
 
     def synthetic_root(self, cache_dir: Path) -> Path:

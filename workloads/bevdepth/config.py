@@ -119,6 +119,11 @@ class BEVDepthConfig(WorkloadConfig):
     # Model EMA evaluated instead of the raw weights (harness/ema.py; 0: off). The `_ema`
     # experiments (MatrixVT's base) keep one with decay 0.999 (bevdepth/callbacks/ema.py).
     ema_decay: float = 0.0
+    # The original reads images with PIL (RGB) and normalises them with mmcv's to_rgb=True,
+    # which swaps them to BGR before subtracting the RGB-ordered mean: its network sees that.
+    # `full` does the same (a released checkpoint sees what it was trained on); the smoke
+    # preset keeps plain RGB, as its rows were measured.
+    swap_rb: bool = True
     # CBGS class-balanced resampling of the train split (workloads/datasets/cbgs.py), as the
     # original's data_use_cbgs (MatrixVT's experiment and the `_cbgs` BEVDepth ones).
     use_cbgs: bool = False
@@ -214,6 +219,7 @@ class BEVDepthConfig(WorkloadConfig):
             d_bound=(2.0, 58.0, 2.0),
             context_channels=32,
             num_keys=1,
+            swap_rb=False,
             backbone_depth=18,
             backbone_base_channels=32,
             backbone_stage_blocks=(1, 1, 1, 1),

@@ -88,8 +88,10 @@ def _lightning_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, object]:
                                  "ida_aug_conf": {"resize_lim": (0.386, 0.55)}}}
 
 
+# MatrixVT's case writes and reads another 300 MB file: `slow` (its map shares all but the
+# view transform's keys with BEVDepth's, which the default suite checks).
 CASES = [(BEVDepthWorkload, LSS_2KEY, 861, 76_384_590),
-         (MatrixVTWorkload, MATRIXVT, 912, 79_220_639)]
+         pytest.param(MatrixVTWorkload, MATRIXVT, 912, 79_220_639, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("workload_cls,section,tensors,params", CASES,
@@ -142,7 +144,10 @@ def test_original_checkpoint_maps_onto_the_full_model_and_loads(
                               workload.weight_layouts("model")) == "bevdepth-lightning"
     loaded = model.state_dict()
     for k in own:
-        assert torch.equal(loaded[k], sd[kept[k]]), k
+        want = sd[kept[k]]
+        if ".heads.dim.1." in k:  # the original's sizes are (l, w, h), ours (w, l, h)
+            want = want[[1, 0, 2]]
+        assert torch.equal(loaded[k], want), k
     # Tensors the forward pass reads, in the modules that use them.
     src = "model.backbone.depth_net."
     dn = model.depth_net

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from harness.start_weights import WeightLayout
 from workloads.layers.pretrained import torchvision_resnet_key
 
@@ -91,8 +93,19 @@ def bevdepth_lightning_key(key: str) -> str | None:
     return key  # not an original name: left as it is, so the fit reports it as unexpected
 
 
+def to_our_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What renaming cannot do: the original's box sizes are (l, w, h) (nusc_det_dataset.py
+    get_gt: wlh[[1, 0, 2]]), ours nuScenes's (w, l, h): the `dim` heads' first two output
+    rows are swapped."""
+    out = dict(state)
+    for key, value in state.items():
+        if re.search(r"head\.task_heads\.\d+\.dim\.1\.(weight|bias)$", key) and value.shape[0] == 3:
+            out[key] = value[[1, 0, 2]]
+    return out
+
+
 BEVDEPTH_LIGHTNING = WeightLayout(
     "bevdepth-lightning",
     "Megvii-BaseDetection/BEVDepth d78c7b58 BEVDepthLightningModel.model (base_bev_depth.py, "
     "base_lss_fpn.py, matrixvt.py, bev_depth_head.py; mmdet ResNet, mmdet3d v1.0.0rc4 "
-    "SECONDFPN/CenterHead)", bevdepth_lightning_key)
+    "SECONDFPN/CenterHead)", bevdepth_lightning_key, to_our_tensors)
