@@ -65,8 +65,12 @@ class Darknet(nn.Module):
         width: float = 1.0,
         out_indices: Sequence[int] = (3, 4, 5),
         in_channels: int = 3,
+        norm_eval: bool = False,
     ) -> None:
         super().__init__()
+        # mmdet's Darknet keeps its BatchNorm statistics frozen in training (norm_eval=True,
+        # darknet.py:108) over the ImageNet weights it loads.
+        self.norm_eval = norm_eval
         if len(depths) != len(DARKNET53_WIDTHS):
             raise ValueError(f"Darknet needs {len(DARKNET53_WIDTHS)} stage depths, got {depths}")
         self.out_indices = tuple(out_indices)
@@ -80,6 +84,14 @@ class Darknet(nn.Module):
             prev = out_ch
         all_channels = [stem, *widths]
         self.out_channels: tuple[int, ...] = tuple(all_channels[i] for i in self.out_indices)
+
+    def train(self, mode: bool = True) -> Darknet:
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs: list[torch.Tensor] = []

@@ -117,7 +117,10 @@ class YOLOv3Workload(Workload):
 
     def build_model(self) -> nn.Module:
         c = self.config
-        return YOLOv3(c.num_classes, c.input_size, c.width, c.depths, c.scale_anchors)
+        # BN statistics frozen as mmdet's Darknet, over loaded weights only (frozen random
+        # statistics would never be learned).
+        return YOLOv3(c.num_classes, c.input_size, c.width, c.depths, c.scale_anchors,
+                      backbone_norm_eval=c.backbone_norm_eval and bool(c.backbone_weights))
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.config

@@ -25,6 +25,7 @@ class YOLOv3Config(WorkloadConfig):
     # "" = random init. Nothing is downloaded.
     backbone_weights: str = ""
     init_checkpoint: str = ""  # a whole-model checkpoint (mmdetection's yolov3_d53 or a run's)
+    backbone_norm_eval: bool = True  # mmdet's Darknet default; applied with backbone_weights only
     # -- data --
     flip_prob: float = 0.5
     # "mmdet": yolov3_d53_mstrain-608's training pipeline (Expand, MinIoURandomCrop,

@@ -87,13 +87,15 @@ class YOLOv3(nn.Module):
     """Image batch (B, 3, S, S) in [0, 1] -> raw prediction maps, one per level (32/16/8)."""
 
     def __init__(self, num_classes: int, input_size: int, width: float = 1.0,
-                 depths: Sequence[int] = (1, 2, 8, 8, 4), scale_anchors: bool = False) -> None:
+                 depths: Sequence[int] = (1, 2, 8, 8, 4), scale_anchors: bool = False,
+                 backbone_norm_eval: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.strides = STRIDES
         self.anchors = scaled_anchors(input_size, scale_anchors)
         self.num_anchors = len(self.anchors[0])
-        self.backbone = Darknet(depths=depths, width=width, out_indices=(3, 4, 5))
+        self.backbone = Darknet(depths=depths, width=width, out_indices=(3, 4, 5),
+                                norm_eval=backbone_norm_eval)
         neck_in = list(reversed(self.backbone.out_channels))  # coarse to fine
         neck_out = [scaled_channels(c, width) for c in (512, 256, 128)]
         self.neck = YOLOv3Neck(neck_in, neck_out)

@@ -252,3 +252,18 @@ def test_backbone_weights_load_from_a_local_file(tmp_path: Any) -> None:
     assert entry["layout"] == "harness"
     loaded = model.backbone
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_backbone_statistics_frozen_over_loaded_weights_only(tmp_path: Any) -> None:
+    import dataclasses
+
+    from torch import nn
+
+    plain = YOLOv3Workload(YOLOv3Config.smoke()).build_model().train()
+    assert all(m.training for m in plain.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    torch.save(plain.backbone.state_dict(), tmp_path / "d.pth")
+    cfg = dataclasses.replace(YOLOv3Config.smoke(), backbone_weights=str(tmp_path / "d.pth"))
+    pretrained = YOLOv3Workload(cfg).build_model().train()
+    bns = [m for m in pretrained.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert all(m.training for m in pretrained.neck.modules() if isinstance(m, nn.BatchNorm2d))
