@@ -4,10 +4,12 @@ one line per series (workload, scale, backend/precision); a change is a ringed p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import MissingExtra
-from harness.history import History
+
+if TYPE_CHECKING:
+    from harness.history import History
 
 
 def figure(history: History, path: Path) -> Path:
