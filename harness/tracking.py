@@ -63,6 +63,16 @@ def warn(line: str) -> None:
     print(f"harness: warning: {line}", file=sys.stderr, flush=True)
 
 
+class _Reached:
+    """A mark in a channel's queue: set when the worker gets to it, failed or not."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> None:
+        self.event.set()
+
+
 class Channel:
     """One tracker's calls, run in order on a daemon thread; the first failure disables it
     with one warning (the calls still queued are dropped)."""
@@ -87,6 +97,8 @@ class Channel:
                 return
             call, args = item
             if self.error is not None:
+                if isinstance(call, _Reached):  # a wait() must not outlive a failure
+                    call()
                 continue
             try:
                 call(*args)
@@ -102,11 +114,11 @@ class Channel:
 
     def wait(self, deadline: float) -> bool:
         """Until the calls queued so far ran, or the deadline (time.monotonic()) passed."""
-        done = threading.Event()
-        self.submit(done.set)
+        done = _Reached()
+        self.submit(done)
         if self.error is not None:
             return True
-        finished = done.wait(max(0.0, deadline - time.monotonic()))
+        finished = done.event.wait(max(0.0, deadline - time.monotonic()))
         if not finished:
             self.fail(f"still busy after the {timeout_s():.0f} s the run's end gives it "
                       f"(HARNESS_TRACK_TIMEOUT)")

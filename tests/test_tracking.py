@@ -131,3 +131,29 @@ def test_an_unknown_tracker_is_a_usage_error(tiny: None, tmp_path: Path) -> None
     assert tracker_names(" MLflow, tensorboard,mlflow") == ["mlflow", "tensorboard"]
     assert _run(tmp_path / "run", "--track", "wandb") == 2
     assert not (tmp_path / "run" / "record.json").exists()
+
+
+def test_a_tracker_failing_mid_run_is_disabled_after_one_warning(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk on the third write: one warning, no further calls, the caller unharmed."""
+    from harness.trackers import Tracker
+    from harness.tracking import Channel
+
+    calls: list[int] = []
+
+    class Full(Tracker):
+        name = "tensorboard"
+
+        def scalars(self, values: dict[str, float], step: int) -> None:
+            calls.append(step)
+            if step == 3:
+                raise OSError(28, "No space left on device")
+
+    channel = Channel(Full())
+    for step in range(1, 7):
+        channel.submit(channel.tracker.scalars, {"train/loss": 1.0}, step)
+    assert channel.wait(time.monotonic() + 5)
+    channel.stop()
+    assert calls == [1, 2, 3]
+    warnings = _warnings(capsys.readouterr().err)
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
