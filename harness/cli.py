@@ -32,7 +32,6 @@ from harness.run_checks import (
     validate_run_numbers,
 )
 
-
 # Third-party console noise, off unless the user's environment sets these: a devkit's tqdm
 # bars (they interleave with the harness's lines and fill log.txt files) and the torch
 # profiler's "USDT: profiler_start/stop" lines under --profile (kineto logs them at level 5;
@@ -113,11 +112,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs that live in their own modules (reference checks, parity, gating; show)."""
+    """Verbs that live in their own modules (reference checks, parity, gating; history;
+    show)."""
     adders: list[Callable[[Any], None]] = []
     import importlib
 
-    for name in ("harness.report_cli", "harness.show"):
+    for name in ("harness.report_cli", "harness.history", "harness.show"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -15,8 +15,9 @@ Benchmark perception training on any accelerator, one command per run. `harness 
 on a backend (cpu, cuda, Ascend npu, Gaudi hpu), evaluates it and writes record.json with
 its accuracy, training throughput and memory. Then `harness check RECORD` judges it against
 the published or measured reference numbers, `harness parity A B` puts runs side by side
-(GPU vs accelerator: table and figure), and `harness gate` fails CI when a run is slower or
-larger than its baseline. `harness list` names the workloads and backends (`--details`:
+(GPU vs accelerator: table and figure), `harness gate` fails CI when a run is slower or
+larger than its baseline (or its recent history), and `harness history` shows results per
+commit over time. `harness list` names the workloads and backends (`--details`:
 which backends are available here, or why not); `harness run --help` lists them too, with
 examples."""
 

@@ -35,8 +35,9 @@ ENTRY_POINT_GROUP = "harness"
 # Entry-point groups that declare a workload or backend by name (value: its plugin module).
 NAMED_GROUPS = {"workload": "harness.workloads", "backend": "harness.backends"}
 
-# The host's own plugins (console lines, `--profile`): loaded with the plugin manager.
-HOST_PLUGINS: tuple[str, ...] = ("harness.console", "harness.profiling")
+# The host's own plugins (console lines, `--profile`, `--track`): loaded with the plugin
+# manager.
+HOST_PLUGINS: tuple[str, ...] = ("harness.console", "harness.profiling", "harness.tracking")
 
 # Built-in workloads and backends: name -> the plugin module that provides it.
 BUILTIN_WORKLOADS: dict[str, str] = {

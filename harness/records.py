@@ -16,9 +16,9 @@ import platform
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 from harness.atomic import atomic_write
@@ -120,6 +120,8 @@ class Record:
     start_weights: list[dict[str, Any]] | None = None
     schedule: dict[str, Any] | None = None  # what was trained, against the preset's plan
     ema: dict[str, Any] | None = None  # the metrics are the EMA weights' (harness/ema.py)
+    # Where `--track` sent the run: tracker -> its location, or {"error": why it stopped}.
+    tracking: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Where it was read from (not serialised).
     path: Path | None = field(default=None, compare=False)
@@ -127,7 +129,7 @@ class Record:
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         "checkpoint", "out_dir", "onnx", "raw_output_agreement", "profile", "oom",
         "resumed_from", "later_errors", "record_error", "metric_directions", "primary_metric",
-        "start_weights", "schedule", "ema")
+        "start_weights", "schedule", "ema", "tracking")
     _NOT_SERIALISED: ClassVar[tuple[str, ...]] = ("extra", "path")
     # JSON type each field must have when read: (types, may be null).
     _TYPES: ClassVar[dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -147,6 +149,7 @@ class Record:
         "later_errors": ((list,), True), "record_error": ((str,), True),
         "metric_directions": ((dict,), True), "primary_metric": ((str,), True),
         "start_weights": ((list,), True), "schedule": ((dict,), True), "ema": ((dict,), True),
+        "tracking": ((dict,), True),
     }
 
     @property

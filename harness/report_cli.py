@@ -170,7 +170,7 @@ def add_parity(sub: Any) -> None:
 
 # ----------------------------------------------------------------------------- gate
 def cmd_gate(args: argparse.Namespace) -> int:
-    from harness.gate import gate, render
+    from harness.gate import gate, load_thresholds, render
 
     for flag, value in (("--time-threshold", args.time_threshold),
                         ("--memory-threshold", args.memory_threshold)):
@@ -178,15 +178,35 @@ def cmd_gate(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} must be >= 0 (a relative increase, e.g. 0.05), got {value}")
     if args.alpha is not None and not 0 < args.alpha <= 1:
         raise UsageError(f"--alpha must be in (0, 1], got {args.alpha}")
-    baselines = load_records(args.baseline)
+    if (args.baseline is None) == (args.history is None):
+        raise UsageError("harness gate: give --baseline DIR_OR_RECORD or --history DIR "
+                         "(one of them)")
+    if args.last is not None and (args.history is None or args.last < 1):
+        raise UsageError("--last N goes with --history, N >= 1")
     candidates = load_records(args.records)
     default = reference_dir(None) / "gate_thresholds.csv"
     # An explicit --thresholds must exist (load_thresholds says so); the default file may be
     # absent in an installed package, and then the built-in defaults apply (the table says so).
     thresholds = args.thresholds or (default if default.is_file() else None)
-    results = gate(candidates, baselines, thresholds,
-                   {"step_time_rel": args.time_threshold, "memory_rel": args.memory_threshold,
-                    "alpha": args.alpha})
+    given = {"step_time_rel": args.time_threshold, "memory_rel": args.memory_threshold,
+             "alpha": args.alpha}
+    if args.history is not None:
+        import dataclasses
+
+        from harness.gate_history import DEFAULT_LAST, gate_history
+        from harness.gate_history import render as render_history
+
+        def thresholds_of(workload: str) -> Any:
+            thr = load_thresholds(thresholds, workload)
+            chosen = {k: v for k, v in given.items() if v is not None}
+            return dataclasses.replace(thr, **chosen, source=f"{thr.source} + command line") \
+                if chosen else thr
+
+        results_h = gate_history(candidates, load_records(args.history),
+                                 args.last or DEFAULT_LAST, thresholds_of)
+        print(render_history(results_h))
+        return EXIT_FAILED if any(r.failed for r in results_h) else EXIT_OK
+    results = gate(candidates, load_records(args.baseline), thresholds, given)
     print(render(results))
     return EXIT_FAILED if any(r.failed for r in results) else EXIT_OK
 
@@ -194,13 +214,22 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def add_gate(sub: Any) -> None:
     p = sub.add_parser("gate",
                        help="fail (exit 1) when a run is slower or bigger than its baseline")
-    p.add_argument("--baseline", action="append", required=True, type=Path, metavar="DIR_OR_RECORD",
-                   help="baseline record(s) or folders of them (repeatable)")
+    p.add_argument("--baseline", action="append", type=Path, metavar="DIR_OR_RECORD",
+                   help="baseline record(s) or folders of them (repeatable); per-step times "
+                        "and memory")
+    p.add_argument("--history", action="append", type=Path, metavar="DIR",
+                   help="instead of --baseline: the last N comparable runs of these folders "
+                        "(by started_at), samples/s and memory with a tolerance from their "
+                        "spread; the output names the runs compared with")
+    p.add_argument("--last", type=int, metavar="N",
+                   help="with --history: how many of the most recent comparable runs "
+                        "(default 5)")
     p.add_argument("records", nargs="+", type=Path, metavar="RECORD")
     p.add_argument("--thresholds", type=Path,
                    help="CSV workload,step_time_rel,memory_rel,alpha,note "
                         "(default reference_results/gate_thresholds.csv)")
-    p.add_argument("--time-threshold", type=float, help="relative median slowdown, e.g. 0.05")
+    p.add_argument("--time-threshold", type=float, help="relative median slowdown, e.g. 0.05 "
+                                                        "(--history: the samples/s floor)")
     p.add_argument("--memory-threshold", type=float, help="relative peak-memory growth, e.g. 0.10")
     p.add_argument("--alpha", type=float, help="significance level of the U test")
     p.set_defaults(func=cmd_gate)

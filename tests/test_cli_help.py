@@ -50,7 +50,7 @@ def test_main_help_describes_the_verbs_a_user_needs() -> None:
 
 def test_readme_names_every_flag_of_the_other_verbs() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    for verb in ("list", "check", "parity", "gate", "show", "eval", "export"):
+    for verb in ("list", "check", "parity", "gate", "history", "show", "eval", "export"):
         # each verb's parser as built when that verb is parsed (eval/export: full only then)
         sub = build_parser([verb])._subparsers._group_actions[0]  # type: ignore[union-attr]
         flags = {o for a in sub.choices[verb]._actions for o in a.option_strings

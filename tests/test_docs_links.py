@@ -14,7 +14,7 @@ README_MAX_LINES = 250
 PAGES = (
     "index.md", "install.md", "cli.md", "record.md", "checking.md", "resume.md",
     "inference.md", "distributed.md", "backends.md", "plugins.md", "architecture.md",
-    "benchmarking.md", "ci.md", "real-data.md",
+    "benchmarking.md", "ci.md", "real-data.md", "tracking.md",
     "workloads/yolov3.md", "workloads/bevdepth.md", "workloads/streampetr.md",
     "workloads/openlanev2.md", "workloads/lanes.md",
 )
