@@ -150,6 +150,9 @@ def test_an_original_file_loads_every_tensor_where_it_belongs(full, original_fil
     cls_w = sd["img_roi_head.cls.weight"]
     for ours, theirs in enumerate(FOCAL_CLASS_ROWS):
         assert torch.equal(got["img_roi_head.cls.weight"][ours], cls_w[theirs])
+    reg_w = sd["pts_bbox_head.reg_branches.0.4.weight"]  # sizes (l, w, h) -> ours (w, l, h)
+    assert torch.equal(got["pts_bbox_head.reg_branch.4.weight"][3], reg_w[4])
+    assert torch.equal(got["pts_bbox_head.reg_branch.4.weight"][4], reg_w[3])
     for key, value in to_our_tensors(sd).items():
         name = streampetr_key(key)
         if name is not None and not name.startswith("img_roi_head.cls."):

@@ -24,9 +24,8 @@ The names map one to one onto ours, with these exceptions:
   trailer, bus, construction_vehicle, bicycle, motorcycle, pedestrian, traffic_cone,
   barrier), ours the config's class order; the transform permutes the 10 rows by
   [0, 1, 4, 3, 2, 9, 6, 5, 7, 8] (ours <- original).
-- Not handled yet (docs/workloads/streampetr.md, deviations): the original's box code
-  orders the sizes (l, w, h) where ours is (w, l, h); the regression rows of a loaded
-  original checkpoint are not swapped to match.
+- The original's box code orders the sizes (l, w, h) where ours is (w, l, h): the
+  transform swaps those two rows of the regression branch's last layer.
 """
 from __future__ import annotations
 
@@ -104,12 +103,23 @@ def split_in_proj(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 FOCAL_CLASS_ROWS = (0, 1, 4, 3, 2, 9, 6, 5, 7, 8)
 
 
+# Ours <- original rows of the box code: the original's sizes are mmdet3d's (l, w, h)
+# (normalize_bbox logs bboxes[..., 3:6] as they come; nuscenes_converter.py:267), ours
+# nuScenes's (w, l, h): the two size rows swap.
+BOX_CODE_ROWS = (0, 1, 2, 4, 3, 5, 6, 7, 8, 9)
+
+
 def to_our_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What renaming cannot do: split the packed projections, reorder the 2D class rows."""
+    """What renaming cannot do: split the packed projections, reorder the 2D class rows and
+    the box code's size rows."""
     out = split_in_proj(state)
     for key in ("img_roi_head.cls.weight", "img_roi_head.cls.bias"):
         if key in out and out[key].shape[0] == len(FOCAL_CLASS_ROWS):
             out[key] = out[key][list(FOCAL_CLASS_ROWS)]
+    for key, value in out.items():
+        if re.match(r"^pts_bbox_head\.reg_branches\.\d+\.4\.(weight|bias)$", key) \
+                and value.shape[0] == len(BOX_CODE_ROWS):
+            out[key] = value[list(BOX_CODE_ROWS)]
     return out
 
 
