@@ -153,6 +153,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         raise UsageError("--overwrite with --resume: a resumed run continues its folder; "
                          "give one of them")
     if args.resume is not None:
+        if args.workload is not None:
+            raise UsageError(f"harness run --resume {args.resume} takes no WORKLOAD (the run "
+                             f"in that folder is continued with its own; got {args.workload})")
         return _resume(args, argv)
     if args.workload is None:
         raise UsageError("harness run: a WORKLOAD is needed (or --resume DIR)")

@@ -128,6 +128,10 @@ def figure(p: Parity, path: Path) -> Path:
 
     fig = draw(p)
     path = Path(path)
+    if path.is_dir():  # a folder: the figure goes inside it, and the caller says where
+        path = path / "parity.png"
+    elif not path.suffix:  # matplotlib would append .png itself: name the file it writes
+        path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -98,6 +99,10 @@ def render(ctx: ShowContext, out: Path) -> tuple[Path, int]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.score_thr) and 0 <= args.score_thr <= 1):
+        raise UsageError(f"--score-thr {args.score_thr}: a prediction score threshold in [0, 1]")
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: at least one sample to draw")
     ctx = load_context(args.run_dir, n=args.n, score_thr=args.score_thr)
     out = args.out or ctx.run_dir / "show.png"
     out, count = render(ctx, out)

@@ -543,3 +543,31 @@ def test_torch_save_on_a_full_disk_is_reported_as_no_space(
         runner.save_checkpoint(FakeRun(), tmp_path / "checkpoint.pt")  # type: ignore[arg-type]
     assert info.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["show", ".", "--score-thr", "nan"], "--score-thr nan: a prediction score threshold in [0, 1]"),
+    (["show", ".", "--score-thr", "2"], "--score-thr 2.0: a prediction score threshold in [0, 1]"),
+    (["show", ".", "--n", "0"], "--n 0: at least one sample to draw"),
+    (["run", "yolov3", "--resume", "somewhere"], "takes no WORKLOAD"),
+])
+def test_issue_24_option_values_are_one_line(argv: list[str], says: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.cli import main as harness_main
+
+    assert harness_main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and says in err[0], err
+
+
+def test_parity_figure_into_a_folder_names_the_file_it_wrote(tmp_path: Path) -> None:
+    from harness.parity_figure import figure
+    from harness.parity import build
+    from harness.records import Record
+
+    rec = Record(kind="train", workload="w", scale="smoke", backend="cpu", mode="eager",
+                 precision="fp32", status="ok", metrics={"AP": 0.5})
+    out = figure(build([rec, rec]), tmp_path)
+    assert out == tmp_path / "parity.png" and out.is_file()
+    bare = figure(build([rec, rec]), tmp_path / "fig")
+    assert bare == tmp_path / "fig.png" and bare.is_file()
