@@ -147,6 +147,8 @@ def export_for_checkpoint(workload_name: str, checkpoint: Path, out: Path | None
     from harness.eval_config import EvalConfig, load_checkpoint_into, prepare_workload
 
     require_onnx()
+    path = Path(out) if out is not None else Path(checkpoint).with_name("model.onnx")
+    check_export_target(path, opset)  # before seconds of tracing
     cfg = EvalConfig(workload=workload_name, checkpoint=Path(checkpoint), scale=scale, data=data,
                      cache_dir=cache_dir, overrides=overrides)
     workload, ckpt, datasets, scale = prepare_workload(cfg)
@@ -160,5 +162,23 @@ def export_for_checkpoint(workload_name: str, checkpoint: Path, out: Path | None
     if batch is None:
         raise UsageError("the val split is empty: no batch to trace the export with")
     args, outputs = capture_forward(workload, model, batch, torch.device("cpu"))
-    path = Path(out) if out is not None else Path(checkpoint).with_name("model.onnx")
     return export_onnx(workload, model, args, outputs, path, opset)
+
+
+def check_export_target(path: Path, opset: int) -> None:
+    """The opset the TorchScript exporter supports and a folder the graph can be written to:
+    one line each, exit 2, before anything is traced (an exporter error would read as the
+    workload's fault, and a failed write would leave a torn file)."""
+    from torch.onnx import _constants
+
+    low, high = _constants.ONNX_BASE_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    if not low <= opset <= high:
+        raise UsageError(f"--opset {opset}: this torch exports opsets {low} to {high}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{path.name}.write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None

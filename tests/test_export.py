@@ -124,6 +124,17 @@ def test_export_cli(trained: Path, tmp_path: Path) -> None:
     proc = _cli("export", "tiny", "--checkpoint", str(trained / "checkpoint.pt"),
                 "--format", "tflite")
     assert proc.returncode == 2 and "unknown export format 'tflite'" in proc.stderr
+    # issue 24: an opset the exporter lacks and an unwritable --out, one line before tracing
+    proc = _cli("export", "tiny", "--checkpoint", str(trained / "checkpoint.pt"),
+                "--format", "onnx", "--opset", "999", "--out", str(tmp_path / "x.onnx"))
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "--opset 999: this torch exports" in lines[0]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = _cli("export", "tiny", "--checkpoint", str(trained / "checkpoint.pt"),
+                "--format", "onnx", "--out", str(blocker / "m.onnx"))
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot write there" in lines[0], lines
 
 
 def test_yolov3_smoke_model_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
