@@ -14,6 +14,7 @@ import torch
 from harness import plugins
 from harness.errors import UsageError
 from harness.start_weights import load_start_weights
+from tests.test_param_counts import check_parameter_count
 from workloads.layers.test_pretrained import _mmdet_darknet_names
 
 WORKLOADS = ("yolov3", "bevdepth", "matrixvt", "streampetr", "openlanev2", "lanes")
@@ -38,6 +39,7 @@ def test_full_backbone_takes_the_originals_pretrained_file(name: str, tmp_path: 
     torch.manual_seed(0)
     workload = cls(dataclasses.replace(full, backbone_weights=str(tmp_path / "pretrained.pth")))
     model = workload.build_model()  # one full model (seconds each): the file's values are drawn
+    check_parameter_count(name, model)  # beside the original's (tests/test_param_counts.py)
     backbone = workload.backbone(model)
     assert backbone is not None
     expected = {k: torch.randn_like(v) if v.is_floating_point() else v.clone()

@@ -146,6 +146,7 @@ def _mmdet_file(path: Path, num_classes: int, input_size: int) -> None:
     torch.save({"meta": {"mmdet_version": "3.3.0", "epoch": 273}, "state_dict": state}, path)
 
 
+@pytest.mark.slow  # ~1 min: the full 62M-parameter model evaluated twice (cpu, emulated npu)
 def test_harness_eval_reads_a_checkpoint_in_mmdetections_layout(tmp_path: Path) -> None:
     """`harness eval yolov3 --scale full --checkpoint <mmdet file>` on cpu and on the emulated
     npu: the layout is detected and named in the record; a smoke build names the keys."""
