@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from harness.errors import (
-    EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     HarnessError,
     UsageError,
+    exit_code_of,
     worker_error_origin,
 )
 from harness.launch import add_launch_arguments, wants_launcher
@@ -164,7 +165,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     config = RunConfig(**config_values(RunConfig, args),
                        plugin_options=tuple((d, getattr(args, d)) for d in args._plugin_dests))
     record = execute(config, overwrite=args.overwrite)
-    return EXIT_OK if record.status == "ok" else EXIT_FAILED
+    return exit_code_of(record.status)
 
 
 def _resume(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
@@ -193,7 +194,7 @@ def _resume(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     if launcher:
         return _relaunch_distributed(args, argv)
     record = execute(config, resume=args.resume)
-    return EXIT_OK if record.status == "ok" else EXIT_FAILED
+    return exit_code_of(record.status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED
     except OSError as exc:
         if debug:
             traceback.print_exc()

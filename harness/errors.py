@@ -8,6 +8,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a run or a check failed
 EXIT_USAGE = 2  # bad arguments, unknown names, malformed input
 EXIT_UNAVAILABLE = 3  # the chosen backend cannot run here
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM ended it (128 + SIGINT, as a shell reports Ctrl-C)
 
 
 class HarnessError(Exception):
@@ -58,6 +59,8 @@ class Diverged(HarnessError):
 class RunInterrupted(HarnessError):
     """SIGINT or SIGTERM arrived during a run."""
 
+    exit_code = EXIT_INTERRUPTED
+
 
 _WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 _OS_ERROR_LINE = re.compile(r"\[Errno (\d+)\] (.*?)(?:: '(.*)')?")
@@ -95,3 +98,8 @@ def worker_error_origin(exc: _E) -> _E:
     origin.__dict__.update(exc.__dict__)
     origin.__cause__ = exc
     return origin
+
+
+def exit_code_of(status: str) -> int:
+    """A finished run's or evaluation's exit code from its record's status."""
+    return {"ok": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)

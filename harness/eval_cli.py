@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.config import EvalConfig
 from harness.config_flags import add_config_arguments, config_values
-from harness.errors import EXIT_FAILED, EXIT_OK, UsageError
+from harness.errors import EXIT_OK, UsageError, exit_code_of
 
 # `harness export` takes the fields that say which model and data, as eval does.
 _EXPORT_FIELDS = ("workload", "checkpoint", "scale", "data", "cache_dir", "overrides")
@@ -40,7 +40,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      f"{agree['decoded']['fraction_differ']:.1%}")
     print("[harness] " + ", ".join(parts) + f"; record {record.out_dir}/record.json",
           flush=True)
-    return EXIT_OK if record.status == "ok" else EXIT_FAILED
+    return exit_code_of(record.status)
 
 
 def add_eval(sub: Any) -> None:
