@@ -95,7 +95,9 @@ def test_run_and_eval_records_have_the_same_shape(checkpoint: Path, tmp_path: Pa
     run = read_record(checkpoint.parent)
     on_disk = read_record(tmp_path / "e")
     assert on_disk == ev  # what the job returns is what it wrote
-    assert set(run.to_json()) - set(on_disk.to_json()) <= {"resumed_from"}
+    # Training's own sections: its starting weights and its schedule (an eval has neither).
+    assert set(run.to_json()) - set(on_disk.to_json()) <= {"resumed_from", "start_weights",
+                                                           "schedule"}
     assert {"checkpoint", "out_dir"} <= set(on_disk.to_json())
     for rec in (run, on_disk):
         assert rec.env["cpu_capability"] in ("DEFAULT", "AVX2", "AVX512", "ZVECTOR",
