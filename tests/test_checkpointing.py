@@ -23,7 +23,8 @@ def _run(tmp_path: Path, **kw: Any) -> SimpleNamespace:
     fields: dict[str, Any] = dict(
         config=SimpleNamespace(workload="tiny"), workload=SimpleNamespace(config=TinyConfig()),
         out_dir=tmp_path, step=3, epoch=1, micro_steps=6, total_steps=10, model_info=None,
-        losses=[{"step": 2, "loss": 1.0}], evals=[], trained_model=None, optimizer=None)
+        losses=[{"step": 2, "loss": 1.0}], evals=[], trained_model=None, optimizer=None,
+        start_weights=[], ema=None)
     fields.update(kw)
     return SimpleNamespace(**fields)
 
