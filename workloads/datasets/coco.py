@@ -161,10 +161,15 @@ class CocoDetection(torch.utils.data.Dataset):
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
             boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
-        image, (sx, sy) = letterbox(img, self.input_size)
+        image, (sx, sy) = self.resize(img)
         boxes = boxes * torch.tensor([sx, sy, sx, sy])
         meta = {"image_id": info["id"], "orig_size": (w, h), "scale": (sx, sy), "file": info["file_name"]}
         return {"image": image, "boxes": boxes, "labels": labels, "meta": meta}
+
+    def resize(self, img: Image.Image) -> tuple[torch.Tensor, tuple[float, float]]:
+        """The image as the network takes it (uint8 (3, H', W')) and the per-axis scale from
+        the file's pixels: a square letterbox of `input_size` here."""
+        return letterbox(img, self.input_size)
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -241,14 +241,5 @@ class KeepRatioCocoDetection(CocoDetection):
         super().__init__(root, split, input_size)
         self.size_divisor = size_divisor
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        info = self.images[index]
-        img = self.load_image(index)
-        w, h = img.size
-        objs = self.targets[info["id"]]
-        boxes = torch.tensor([b for b, _ in objs], dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([lb for _, lb in objs], dtype=torch.long)
-        image, (sx, sy) = keep_ratio_resize(np.asarray(img), self.input_size, self.size_divisor)
-        boxes = boxes * torch.tensor([sx, sy, sx, sy])
-        meta = {"image_id": info["id"], "orig_size": (w, h), "scale": (sx, sy), "file": info["file_name"]}
-        return {"image": image, "boxes": boxes, "labels": labels, "meta": meta}
+    def resize(self, img: Any) -> tuple[torch.Tensor, tuple[float, float]]:
+        return keep_ratio_resize(np.asarray(img), self.input_size, self.size_divisor)
