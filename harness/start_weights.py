@@ -174,9 +174,8 @@ def load_part(module: nn.Module, path: str | Path, layouts: Sequence[WeightLayou
         raise UsageError(f"{path}: {option} does not fit the {part} (closest layout "
                          f"{found.layout.name}; read: {layouts_named(layouts)}): "
                          f"{found.describe()}")
-    own_dtypes = {k: v.dtype for k, v in own.items()}
-    module.load_state_dict({k: v.to(own_dtypes[k]) for k, v in found.mapped.items()},
-                           strict=False)  # strictness checked above (num_batches_tracked)
+    # load_state_dict copies into the module's own dtypes (an fp16 release into fp32 weights).
+    module.load_state_dict(found.mapped, strict=False)  # strictness checked above
     return {"part": part, "path": str(path.resolve()), "sha256": sha256_file(path),
             "layout": found.layout.name, "keys_loaded": len(found.mapped),
             "keys_ignored": len(found.ignored) + dropped}
@@ -214,3 +213,22 @@ def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], path: P
                          f": {found.describe()}{hint}")
     model.load_state_dict(found.mapped, strict=False)  # strictness checked above
     return found.layout.name
+
+
+ManifestRows = list[tuple[str, tuple[int, ...]]]
+
+
+def read_manifest(path: Path) -> dict[str, ManifestRows]:
+    """An original's state-dict manifest (`name<TAB>shape` rows, `#` comments; a line
+    `# [section] ...` starts a named section, rows before any section go under "")."""
+    sections: dict[str, ManifestRows] = {}
+    rows = sections.setdefault("", [])
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("# ["):
+            rows = sections.setdefault(line[3:line.index("]")], [])
+        elif line.strip() and not line.startswith("#"):
+            name, shape = line.split("\t")
+            rows.append((name, tuple(int(d) for d in shape.split(",")) if shape else ()))
+    if not sections[""]:
+        del sections[""]
+    return sections

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from harness.safe_load import load_checkpoint
-from harness.start_weights import load_model_weights, load_start_weights
+from harness.start_weights import load_model_weights, load_start_weights, read_manifest
 from workloads.bevdepth import BEVDepthWorkload, MatrixVTWorkload
 from workloads.bevdepth.model import camera_params
 from workloads.bevdepth.testing import random_batch
@@ -32,16 +32,7 @@ Rows = list[tuple[str, tuple[int, ...]]]
 
 def _manifest() -> dict[str, Rows]:
     """The manifest's sections: `# [experiment] ...` starts one, `name<TAB>shape` rows follow."""
-    sections: dict[str, Rows] = {}
-    rows: Rows | None = None
-    for line in MANIFEST.read_text().splitlines():
-        if line.startswith("# ["):
-            rows = sections.setdefault(line[3:line.index("]")], [])
-        elif line.strip() and not line.startswith("#"):
-            assert rows is not None, "a manifest row before the first section"
-            name, shape = line.split("\t")
-            rows.append((name, tuple(int(d) for d in shape.split(",")) if shape else ()))
-    return sections
+    return read_manifest(MANIFEST)
 
 
 def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:

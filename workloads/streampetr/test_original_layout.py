@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.start_weights import load_model_weights, read_state_dict
+from harness.start_weights import load_model_weights, read_manifest, read_state_dict
 from workloads.streampetr.config import StreamPETRConfig
 from workloads.streampetr.head import StreamPETRHead
 from workloads.streampetr.model import StreamPETR
@@ -40,13 +40,7 @@ OURS_QKV = {f"pts_bbox_head.decoder.layers.{i}.{attn}.{p}.{w}" for i in _LAYERS
 
 
 def _manifest() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in MANIFEST.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, shape = line.split("\t")
-        rows.append((name, tuple(int(d) for d in shape.split(",")) if shape else ()))
-    return rows
+    return read_manifest(MANIFEST)[""]
 
 
 def _original_state(cfg: StreamPETRConfig) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.start_weights import load_model_weights, read_state_dict
+from harness.start_weights import load_model_weights, read_manifest, read_state_dict
 from workloads.yolov3.model import YOLOv3
 from workloads.yolov3.weights import MMDET_YOLOV3, mmdet_yolov3_key
 
@@ -21,13 +21,7 @@ _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _manifest() -> list[tuple[str, tuple[int, ...]]]:
-    rows = []
-    for line in MANIFEST.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, shape = line.split("\t")
-        rows.append((name, tuple(int(d) for d in shape.split(",")) if shape else ()))
-    return rows
+    return read_manifest(MANIFEST)[""]
 
 
 def _random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
