@@ -5,7 +5,7 @@ except `harness_step_end`, which observers must keep cheap (no device sync).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
@@ -67,3 +67,14 @@ def harness_show_drawers() -> dict[str, Drawer]:
     function that draws such a file for `harness show`. Implemented by drawing plugins only:
     modules importing neither torch nor a workload, which show loads on their own (the
     built-in workloads.drawing, entry points of group "harness.show"); see harness/show.py."""
+
+
+@hookspec
+def harness_op_kernels(backend: str) -> dict[str, Callable[..., Any]] | None:
+    """Native kernels for the portable ops of workloads/openmmlab, when running on the
+    backend named `backend`: op name ("nms", "nms_rotated", "box_iou_rotated",
+    "deform_conv2d", "modulated_deform_conv2d", "sigmoid_focal_loss") -> a callable with the
+    portable op's signature and return convention (mmcv 2.1's). None or {} for none; a
+    plugin answers only for its own backend and imports its vendor module inside the
+    kernels, never at import. Called by workloads.openmmlab.kernels.install_backend_kernels,
+    which records which implementation each op ran (used_implementations())."""

@@ -3,8 +3,10 @@
 Stands in for mmcv's CUDA `DeformConv2d`/`DeformConv2dPack` (the `DCN` conv type BEVDepth's
 DepthNet uses) so the model runs on any device. Semantics follow mmcv: offsets have
 2*K channels per deformable group, (dy, dx) for kernel tap k = i*kw + j in that order;
-sampling is bilinear with zeros outside the image; no modulation mask. With zero offsets
-the result equals `F.conv2d` (the Pack variant initialises its offset conv to zero).
+sampling is bilinear with zeros outside the image. An optional modulation mask (DCNv2,
+G*K channels, tap k of group g at g*K + k) scales each sampled value; without it this is
+DCNv1. With zero offsets (and mask 1) the result equals `F.conv2d` (the Pack variant
+initialises its offset conv to zero).
 
 Cost: the sampled columns (N, C, K, Ho*Wo) are materialised, like mmcv's im2col.
 """
@@ -21,8 +23,10 @@ from torch.nn.modules.utils import _pair
 def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None = None, stride: int | tuple[int, int] = 1,
                   padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-                  groups: int = 1, deform_groups: int = 1) -> torch.Tensor:
-    """Functional deformable conv: x (N, C, H, W), offset (N, G*2*kh*kw, Ho, Wo)."""
+                  groups: int = 1, deform_groups: int = 1,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Functional deformable conv: x (N, C, H, W), offset (N, G*2*kh*kw, Ho, Wo), mask
+    (N, G*kh*kw, Ho, Wo) or None."""
     n, c, h, w = x.shape
     cout, cin_g, kh, kw = weight.shape
     sh, sw = _pair(stride)
@@ -46,6 +50,8 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
 
     cols = F.grid_sample(x.reshape(n * g, c // g, h, w), grid, mode="bilinear",
                          padding_mode="zeros", align_corners=False)
+    if mask is not None:  # DCNv2: one weight per group, tap and output location
+        cols = cols * mask.reshape(n * g, 1, k * ho, wo).to(cols.dtype)
     # (N*G, C/G, K*Ho, Wo) -> (N, groups, C/groups * K, Ho*Wo), channel-major like im2col.
     cols = cols.view(n, c, k, ho * wo).reshape(n, groups, (c // groups) * k, ho * wo)
     out = torch.matmul(weight.view(groups, cout // groups, cin_g * k), cols)
