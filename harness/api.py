@@ -251,6 +251,12 @@ class Workload(ABC):
         # reductions inside the loss (a normaliser averaged over ranks) go through it, so a
         # workload never calls torch.distributed itself. A single process until then.
         self.strategy: Strategy = Strategy()
+        # The run's backend name, set by the host with the strategy: a workload that takes
+        # native kernels from backend plugins (harness_op_kernels) asks for this one's.
+        self.backend_name: str = ""
+        # What backend plugins offered for that backend through harness_op_kernels (op name ->
+        # native kernel, one dict per plugin), collected by the host; default none.
+        self.op_kernels: list[dict[str, Any]] = []
 
     @classmethod
     @abstractmethod
@@ -350,6 +356,12 @@ class Workload(ABC):
             return model.get_submodule("backbone")
         except AttributeError:
             return None
+
+    def source_info(self) -> dict[str, Any] | None:
+        """Where a workload built from a user's file came from, for the record's
+        `workload_source` (the file, its hash, the options applied); None (the default): a
+        built-in workload, named by its name."""
+        return None
 
     # -- optional: how the run speaks of this workload --
     def console_line(self, run: Run, row: dict[str, Any]) -> str | None:

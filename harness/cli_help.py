@@ -60,17 +60,18 @@ def _backend_entry(name: str, cls: Any) -> dict[str, Any]:
 def inventory() -> dict[str, list[dict[str, Any]]]:
     """Workloads and backends as installed here, with presets and availability (imports
     every plugin, and torch: `harness list --details`)."""
-    from harness import plugins
+    from harness import plugins, sources
 
     return {"workloads": [_workload_entry(n, c) for n, c in plugins.workloads().items()],
-            "backends": [_backend_entry(n, c) for n, c in plugins.backends().items()]}
+            "backends": [_backend_entry(n, c) for n, c in plugins.backends().items()],
+            "config_sources": sources.inventory()}
 
 
 def names() -> dict[str, list[dict[str, Any]]]:
     """Every workload and backend name, without importing a declared plugin (no torch): with
     the plugin that provides it, or the details where that plugin is imported anyway
     (HARNESS_PLUGINS, "harness" entry points). `harness list` and `harness run --help`."""
-    from harness import plugins
+    from harness import plugins, sources
 
     def entries(kind: str, detail: Any) -> list[dict[str, Any]]:
         declared = plugins.declared(kind)
@@ -78,7 +79,8 @@ def names() -> dict[str, list[dict[str, Any]]]:
                 for n, c in plugins.catalog(kind).items()]
 
     return {"workloads": entries("workload", _workload_entry),
-            "backends": entries("backend", _backend_entry)}
+            "backends": entries("backend", _backend_entry),
+            "config_sources": sources.inventory()}
 
 
 def _provider(ep: Any) -> str:
@@ -99,6 +101,9 @@ def format_inventory(inv: dict[str, list[dict[str, Any]]]) -> str:
             continue
         lines.append(f"  {w['name']:<22} presets: {', '.join(w['presets'])}; "
                      f"metric {w['primary_metric']}  {w['description']}")
+    for src in inv.get("config_sources", []):
+        state = "installed" if src["available"] else f"not installed ({src['reason']})"
+        lines.append(f"  {src['name']:<22} an OpenMMLab config ({state})")
     lines.append("backends:")
     width = max([6, *(len(b["name"]) for b in inv["backends"])])
     for b in inv["backends"]:

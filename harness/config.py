@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 from harness.config_flags import option, strip_optional
 from harness.errors import ConfigError, UsageError
+from harness.workload_config import WorkloadConfig
 
 # The workload Config fields the host reads (declared with defaults on WorkloadConfig).
 WORKLOAD_RUN_FIELDS = ("batch_size", "eval_batch_size", "steps", "grad_clip", "num_workers")
@@ -192,6 +193,11 @@ def apply_overrides(obj: Any, overrides: Sequence[str]) -> Any:
 def _set_path(obj: Any, path: list[str], text: str, full_key: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     name = path[0]
+    passthrough = obj.passthrough_field if isinstance(obj, WorkloadConfig) else ""
+    if name not in fields and passthrough in fields:
+        # A config that takes foreign keys as strings (an OpenMMLab config's cfg-options).
+        return dataclasses.replace(obj, **{passthrough: (*vars(obj)[passthrough],
+                                                         f"{full_key}={text}")})
     if name not in fields:
         raise UsageError(
             f"--set {full_key}: unknown key '{name}' for {type(obj).__name__} "

@@ -46,6 +46,13 @@ class MissingExtra(UsageError):
     """A workload needs an optional dependency that is not installed."""
 
 
+class SourceUnavailable(MissingExtra):
+    """A workload source (mmdet:, mmdet3d:) whose software stack is not installed here: like
+    a backend that cannot run here, exit 3, with the line that installs it."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
 class BackendUnavailable(HarnessError):
     """The backend's vendor software or device is missing; the message says which."""
 

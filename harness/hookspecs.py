@@ -74,7 +74,8 @@ def harness_op_kernels(backend: str) -> dict[str, Callable[..., Any]] | None:
     """Native kernels for the portable ops of workloads/openmmlab, when running on the
     backend named `backend`: op name ("nms", "nms_rotated", "box_iou_rotated",
     "deform_conv2d", "modulated_deform_conv2d", "sigmoid_focal_loss") -> a callable with the
-    portable op's signature and return convention (mmcv 2.1's). None or {} for none; a
-    plugin answers only for its own backend and imports its vendor module inside the
-    kernels, never at import. Called by workloads.openmmlab.kernels.install_backend_kernels,
-    which records which implementation each op ran (used_implementations())."""
+    signature and return convention of the portable function that op dispatches to
+    (docs/openmmlab.md). None or {} for none; a plugin answers only for its own backend and
+    imports its vendor module inside the kernels, never at import. The host asks when a run
+    is prepared (Workload.op_kernels); the openmmlab workload registers them, and its record
+    says which implementation each op ran."""

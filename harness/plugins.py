@@ -240,5 +240,12 @@ def get_backend(name: str) -> type[Backend]:
 
 
 def get_workload(name: str) -> type[Workload]:
-    """The workload `name`, importing its plugin only."""
+    """The workload `name`, importing its plugin only; `mmdet:CONFIG.py` and
+    `mmdet3d:CONFIG.py` build one from an OpenMMLab config."""
+    from harness.sources import is_config_source
+
+    if is_config_source(name):
+        from workloads.openmmlab.workload import config_workload
+
+        return config_workload(name)
     return _get("workload", name)  # type: ignore[no-any-return]

@@ -251,6 +251,9 @@ def setup_run(prepared: PreparedRun, *, load_data: bool = True) -> PreparedRun:
     cfg, backend, strategy = prepared.config, prepared.backend, prepared.strategy
     strategy.setup(backend, cfg, prepared.workload.config)
     prepared.workload.strategy = strategy  # the workload's cross-rank reductions
+    prepared.workload.backend_name = backend.name  # a workload's native op kernels
+    prepared.workload.op_kernels = [k for k in plugins.get_plugin_manager().hook
+                                    .harness_op_kernels(backend=backend.name) if k]
     prepared.device = backend.setup(strategy.local_rank)
     backend.check_precision(cfg.precision)
     backend.seed(cfg.seed + strategy.rank)

@@ -122,6 +122,9 @@ class Record:
     ema: dict[str, Any] | None = None  # the metrics are the EMA weights' (harness/ema.py)
     # Where `--track` sent the run: tracker -> its location, or {"error": why it stopped}.
     tracking: dict[str, Any] | None = None
+    # What a workload built from a user's file came from (Workload.source_info(): an
+    # OpenMMLab config's path, hash, options, pretrained files, op implementations).
+    workload_source: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Where it was read from (not serialised).
     path: Path | None = field(default=None, compare=False)
@@ -129,7 +132,7 @@ class Record:
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         "checkpoint", "out_dir", "onnx", "raw_output_agreement", "profile", "oom",
         "resumed_from", "later_errors", "record_error", "metric_directions", "primary_metric",
-        "start_weights", "schedule", "ema", "tracking")
+        "start_weights", "schedule", "ema", "tracking", "workload_source")
     _NOT_SERIALISED: ClassVar[tuple[str, ...]] = ("extra", "path")
     # JSON type each field must have when read: (types, may be null).
     _TYPES: ClassVar[dict[str, tuple[tuple[type, ...], bool]]] = {
@@ -149,6 +152,7 @@ class Record:
         "later_errors": ((list,), True), "record_error": ((str,), True),
         "metric_directions": ((dict,), True), "primary_metric": ((str,), True),
         "start_weights": ((list,), True), "schedule": ((dict,), True), "ema": ((dict,), True),
+        "workload_source": ((dict,), True),
         "tracking": ((dict,), True),
     }
 

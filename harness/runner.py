@@ -127,6 +127,7 @@ def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
     # datasets() may have resolved config fields from the data: record what was used.
     record.config["workload"] = config_to_dict(run.workload.config)
     record.data = {"source": data.source, "from_data": dict(data.from_data)}
+    record.workload_source = run.workload.source_info()
     device = prepared.device
     assert device is not None
 
@@ -193,6 +194,10 @@ def _finish_record(run: Run, record: Record) -> None:
         record.throughput = throughput
     record.memory = backend_memory(run.backend, run.memory)
     record.fallback_ops = fallback_ops(run.backend)
+    try:  # again at the end: what it lists (the ops a config's model called) grows in eval
+        record.workload_source = run.workload.source_info()
+    except Exception as exc:  # noqa: BLE001 - reported below, after the rest is filled in
+        errors.append(exc)
     if errors:
         raise errors[0]
 

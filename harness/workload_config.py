@@ -2,7 +2,7 @@
 workload config modules (imported by `--help` and the report verbs) stay light."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class WorkloadConfig:
@@ -20,6 +20,9 @@ class WorkloadConfig:
     backbone_weights: str = ""  # a pretrained backbone file; "": random init
     init_checkpoint: str = ""  # a whole-model checkpoint (an original's release or a run's)
     ema_decay: float = 0.0  # model EMA evaluated instead of the raw weights (harness/ema.py); 0: off
+    # A tuple[str, ...] field that takes every `--set KEY=VALUE` whose KEY no field declares,
+    # as "KEY=VALUE" (an OpenMMLab config's cfg-options); "": unknown keys are refused.
+    passthrough_field: ClassVar[str] = ""
 
     def validate(self) -> None:
         """The model's own rules across fields (ConfigError via harness.config.require);

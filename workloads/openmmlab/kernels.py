@@ -3,7 +3,7 @@
 A backend plugin offers native kernels through the hook `harness_op_kernels(backend)`
 (harness/hookspecs.py), by op name ("nms", "modulated_deform_conv2d", ...), each with the
 portable op's signature. `install_backend_kernels(name)` asks the loaded plugins for the
-named backend's kernels and registers them; each op in ops*.py then calls `dispatch(op,
+named backend's kernels (collected by the host) and registers them; each op in ops*.py then calls `dispatch(op,
 portable)`, which returns the registered kernel or the portable function and notes which
 one ran. `used_implementations()` is that note, for the run record:
 {"nms": "portable", "modulated_deform_conv2d": "npu:backends.npu"}.
@@ -14,7 +14,9 @@ heads call mmcv.ops.batched_nms), where no workload object can be threaded throu
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+from harness.errors import UsageError
 
 PORTABLE = "portable"
 # The op names a kernel may replace (anything else is refused: a typo would never run).
@@ -48,16 +50,16 @@ def register_kernels(kernels: Mapping[str, Callable[..., Any]], backend: str) ->
     return labels
 
 
-def install_backend_kernels(backend: str) -> dict[str, str]:
-    """Ask the loaded plugins for `backend`'s kernels (hook harness_op_kernels), register
-    them and return {op: label}. Two plugins offering one op is an error naming the op."""
-    from harness.plugins import get_plugin_manager
-
+def install_backend_kernels(backend: str, offered: Iterable[Mapping[str, Callable[..., Any]] | None]
+                            ) -> dict[str, str]:
+    """Register what the plugins offered for `backend` (the host collects the answers of
+    hook harness_op_kernels: Workload.op_kernels) and return {op: label}. Two plugins
+    offering one op is a usage error naming the op."""
     merged: dict[str, Callable[..., Any]] = {}
-    for offered in get_plugin_manager().hook.harness_op_kernels(backend=backend):
-        for op, kernel in (offered or {}).items():
+    for kernels in offered:
+        for op, kernel in (kernels or {}).items():
             if op in merged and merged[op] is not kernel:
-                raise ValueError(f"two plugins offer a {backend} kernel for op {op!r}")
+                raise UsageError(f"two plugins offer a {backend} kernel for op {op!r}")
             merged[op] = kernel
     return register_kernels(merged, backend)
 

@@ -58,7 +58,7 @@ class _PortableOpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             names = list(ops.submodule_names(module.__name__.rpartition(".")[2]))
         for name in names:
             setattr(module, name, ops.NAMESPACE[name])
-        setattr(module, "__all__", names)  # what `from mmcv.ops import *` takes
+        module.__all__ = names  # what `from mmcv.ops import *` takes
         module.__doc__ = (f"Portable stand-in for {module.__name__} "
                           "(workloads.openmmlab.mmcv_ops_shim).")
 

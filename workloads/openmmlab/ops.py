@@ -10,11 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from workloads.openmmlab.ops_catalog import CATALOG, all_names
-from workloads.openmmlab.ops_dcn import (DeformConv2d, DeformConv2dPack, ModulatedDeformConv2d,
-                                         ModulatedDeformConv2dPack, deform_conv2d,
-                                         modulated_deform_conv2d)
-from workloads.openmmlab.ops_misc import (get_compiler_version, get_compiling_cuda_version,
-                                          point_sample, sigmoid_focal_loss)
+from workloads.openmmlab.ops_dcn import (
+    DeformConv2d,
+    DeformConv2dPack,
+    ModulatedDeformConv2d,
+    ModulatedDeformConv2dPack,
+    deform_conv2d,
+    modulated_deform_conv2d,
+)
+from workloads.openmmlab.ops_misc import (
+    get_compiler_version,
+    get_compiling_cuda_version,
+    point_sample,
+    sigmoid_focal_loss,
+)
 from workloads.openmmlab.ops_nms import batched_nms, nms, nms_match, nms_quadri, soft_nms
 from workloads.openmmlab.ops_placeholders import is_placeholder, placeholder
 from workloads.openmmlab.ops_rotated import box_iou_rotated, nms_rotated

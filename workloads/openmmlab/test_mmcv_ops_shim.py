@@ -117,14 +117,13 @@ def _mmdet() -> Any:
 @pytest.mark.original
 def test_mmdet_yolov3_builds_and_predicts_on_the_portable_ops() -> None:
     _mmdet()
-    from mmengine.config import Config
-    from mmengine.structures import InstanceData
-
     import mmdet.models  # noqa: F401  (imports mmcv.ops' roi_align, nms, DCN...)
     import mmdet.structures  # noqa: F401
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData
 
     register_all_modules()
     config = Path(str(importlib.import_module("mmdet").__file__)).parent / (

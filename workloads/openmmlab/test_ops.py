@@ -412,8 +412,9 @@ def test_backend_kernels_come_from_the_hook() -> None:
     plugin = FakeAscendPlugin()
     pm.register(plugin, name="fake-ascend-kernels")
     try:
-        assert kernels.install_backend_kernels("cpu") == {}
-        assert kernels.install_backend_kernels("npu") == {"nms": f"npu:{__name__}"}
+        assert kernels.install_backend_kernels("cpu", pm.hook.harness_op_kernels(backend="cpu")) == {}
+        offered = pm.hook.harness_op_kernels(backend="npu")
+        assert kernels.install_backend_kernels("npu", offered) == {"nms": f"npu:{__name__}"}
     finally:
         pm.unregister(plugin)
     boxes, scores = random_boxes(5, 12)
