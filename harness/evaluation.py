@@ -179,6 +179,7 @@ def _evaluate(cfg: EvalConfig, prepared: PreparedRun, ckpt: Checkpoint, out_dir:
     t0 = time.perf_counter()
     metrics = {k: float(v) for k, v in workload.evaluate(result.predictions).items()}
     record.metrics = metrics
+    record.workload_source = workload.source_info()
     record.evals = [{"step": ckpt.step, "metrics": metrics,
                      "eval_samples": len(result.predictions),
                      "inference_s": round(result.seconds, 3),

@@ -46,9 +46,9 @@ def os_error_line(exc: OSError, what: str = "") -> str:
 
 def default_run_folder(workload: str, backend: str, precision: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    # A config source (mmdet:path/to/x.py) is named by its file's stem: no slashes in a folder.
-    if ":" in workload:
-        workload = workload.partition(":")[0] + "-" + Path(workload.partition(":")[2]).stem
+    from harness.sources import file_name
+
+    workload = file_name(workload)  # mmdet:path/to/x.py -> mmdet-x: no slashes in a folder
     # The random tail keeps two runs started in the same second apart.
     return Path("runs") / f"{workload}-{backend}-{precision}-{stamp}-{secrets.token_hex(3)}"
 

@@ -153,17 +153,42 @@ def _run_rows(records: Sequence[Record]) -> list[tuple[str, list[str]]]:
     return [(name, [get(r) for r in records]) for name, get in fields]
 
 
+def rename_metrics(records: Sequence[Record], pairs: Sequence[str]) -> list[Record]:
+    """`--metric-map NAME=AS`: metric NAME of every record that has it read as AS (its
+    direction and primary-metric role go with it), so one model's runs under two
+    implementations, which name the same official figure differently, share a row."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, alias = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not alias:
+            raise UsageError(f"--metric-map expects NAME=AS, got {pair!r}")
+        mapping[name] = alias
+    if not mapping:
+        return list(records)
+    out = []
+    for r in records:
+        r = dataclasses.replace(r, metrics={mapping.get(k, k): v for k, v in r.metrics.items()})
+        if r.metric_directions:
+            r.metric_directions = {mapping.get(k, k): v for k, v in r.metric_directions.items()}
+        if r.primary_metric:
+            r.primary_metric = mapping.get(r.primary_metric, r.primary_metric)
+        out.append(r)
+    return out
+
+
 def build(records: Sequence[Record], ref_dir: Path | None = None,
-          metrics: Sequence[str] | None = None, compare_anyway: bool = False) -> Parity:
+          metrics: Sequence[str] | None = None, compare_anyway: bool = False,
+          across_workloads: bool = False) -> Parity:
     """The parity table of `records` against the first. Accuracy of a run that started from
     other weights or trained another schedule than the baseline is "not comparable" (speed
     and memory are still compared) unless `compare_anyway`."""
     if not records:
         raise UsageError("harness parity needs at least one record")
     kinds = {(r.workload, r.scale) for r in records}
-    if len(kinds) > 1:
+    if len(kinds) > 1 and not across_workloads:
         listed = ", ".join(f"{w}/{s}" for w, s in sorted(kinds, key=str))
-        raise UsageError(f"parity compares runs of one workload and scale; got {listed}")
+        raise UsageError(f"parity compares runs of one workload and scale; got {listed} "
+                         f"(--across-workloads puts two implementations side by side)")
     if len({r.kind for r in records}) > 1:  # training vs inference speed
         raise UsageError("parity compares runs of one kind; got train and eval records")
     base = records[0]
@@ -224,6 +249,7 @@ def build(records: Sequence[Record], ref_dir: Path | None = None,
                  f"±{t.band:g}" if t.band is not None else f"±{t.rel:.0%}",
                  f"{t.source}; direction from {directions.get(n, ('', 'default'))[1]}"]
                 for n, t in tols.items()]
-    title = (f"Parity: {base.get('workload')} ({base.get('scale')}), baseline {labels[0]}")
+    shown = " vs ".join(dict.fromkeys(f"{r.workload} ({r.scale})" for r in records))
+    title = f"Parity: {shown}, baseline {labels[0]}"
     return Parity(title, labels, list(records), header, rows, len(run_rows), verdicts, tol_rows,
                   list(dict.fromkeys(warnings)), list(names), tols)  # each warning once

@@ -231,7 +231,9 @@ def reference_dir(explicit: Path | None = None) -> Path:
 
 
 def table_path(workload: str, ref_dir: Path) -> Path:
-    return Path(ref_dir) / f"{workload}.csv"
+    from harness.sources import file_name
+
+    return Path(ref_dir) / f"{file_name(workload)}.csv"
 
 
 def workload_tables(ref_dir: Path) -> list[Path]:

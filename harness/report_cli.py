@@ -104,8 +104,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from harness.parity_render import render
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    table = parity.build(load_records(args.records), reference_dir(args.reference_dir), metrics,
-                         compare_anyway=args.compare_anyway)
+    records = parity.rename_metrics(load_records(args.records), args.metric_map)
+    table = parity.build(records, reference_dir(args.reference_dir), metrics,
+                         compare_anyway=args.compare_anyway,
+                         across_workloads=args.across_workloads)
     if args.figure:
         from harness.parity_figure import figure
 
@@ -146,6 +148,12 @@ def add_parity(sub: Any) -> None:
     p.add_argument("--compare-anyway", action="store_true",
                    help="judge accuracy even between runs that started from other weights or "
                         "trained other schedules (default: not comparable)")
+    p.add_argument("--across-workloads", action="store_true",
+                   help="records of different workloads side by side (two implementations of "
+                        "one model: yolov3 and an mmdet: config on the same data)")
+    p.add_argument("--metric-map", action="append", default=[], metavar="NAME=AS",
+                   help="read metric NAME of any record as AS (e.g. coco/bbox_mAP=AP); "
+                        "repeatable")
     p.add_argument("--out", type=Path, help="write the table here instead of stdout")
     p.add_argument("--figure", type=Path, metavar="PNG",
                    help="loss curves, primary metric with its tolerance band, FPS/memory bars")

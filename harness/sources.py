@@ -5,6 +5,7 @@ builder lives with the workloads (workloads/openmmlab)."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 # source prefix -> (modules it needs, the module whose register_all_modules fills the registries)
 STACKS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -18,6 +19,16 @@ _INSTALL = ('pip install -e ".[mmdet]" "numpy<2" && pip install --no-deps mmengi
 def is_config_source(name: str) -> bool:
     """Whether workload `name` is SOURCE:PATH for a known source."""
     return ":" in name and name.partition(":")[0] in STACKS
+
+
+def file_name(workload: str) -> str:
+    """What names a workload in file names (its reference table, its run folders): its name,
+    or for SOURCE:PATH the source and the config's stem (`mmdet-yolov3_d53_8xb8-320-273e_coco`),
+    no slashes."""
+    if not is_config_source(workload):
+        return workload
+    stack, _, path = workload.partition(":")
+    return f"{stack}-{Path(path).stem}"
 
 
 def missing(stack: str) -> list[str]:

@@ -158,6 +158,30 @@ def test_mixed_workloads_or_scales_are_refused(runs: list[Path]) -> None:
     assert main(["parity"]) == 2
 
 
+def test_two_implementations_side_by_side_with_a_metric_map(runs: list[Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """`--across-workloads`: the same model under another workload name (an mmdet: config)
+    whose metric has another name; `--metric-map` puts both values in one row, judged."""
+    other = _variant(runs[0], tmp_path / "mm", lambda r: (
+        r.update(workload="mmdet:/cfg/tiny_mm.py"),
+        r.__setitem__("metrics", {"mm/acc": r["metrics"]["accuracy"] - 0.2}),
+        r.__setitem__("metric_directions", {"mm/acc": "higher"}),
+        r.__setitem__("primary_metric", "mm/acc")))
+    assert main(["parity", str(runs[0]), str(other)]) == 2  # two workloads: refused
+    assert "--across-workloads" in capsys.readouterr().err
+    code = main(["parity", str(runs[0]), str(other), "--across-workloads",
+                 "--metric-map", "mm/acc=accuracy"])
+    out = capsys.readouterr().out
+    assert code == 1  # 0.2 lower accuracy: WORSE, across the two names
+    assert "Parity: tiny (smoke) vs mmdet:/cfg/tiny_mm.py (smoke)" in out
+    row = _rows(out)["accuracy"]
+    assert row[2] != "-" and row[3] != "-" and "WORSE" in row[-1]
+    assert "mm/acc" not in out
+    assert main(["parity", str(runs[0]), str(other), "--across-workloads",
+                 "--metric-map", "mm/acc"]) == 2
+
+
 def test_csv_and_html_page_with_embedded_figure(runs: list[Path], tmp_path: Path) -> None:
     args = ["parity", *map(str, runs), "--no-fail"]
     assert main([*args, "--format", "csv", "--out", str(tmp_path / "p.csv")]) == 0
