@@ -79,13 +79,39 @@ class RunConfig:
         return dict(self.plugin_options).get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the record; a password in a URL option (an MLflow server's
+        `https://user:secret@host`) is masked: records are shared."""
         out = dataclasses.asdict(self)
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
             elif isinstance(value, tuple):
                 out[key] = list(value)
+        out["plugin_options"] = [[k, mask_password(v)] for k, v in out["plugin_options"]]
         return out
+
+
+MASK = "***"
+
+
+def mask_password(value: Any) -> Any:
+    """`scheme://user:secret@host/...` -> `scheme://user:***@host/...`; other values as
+    they are."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    scheme, _, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if "@" not in netloc:
+        return value
+    creds, _, host = netloc.rpartition("@")
+    if ":" not in creds:
+        return value
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:{MASK}@{host}{slash}{path}"
+
+
+def is_masked(value: Any) -> bool:
+    return isinstance(value, str) and mask_password(value) == value and f":{MASK}@" in value
 
 
 _ONNX = "inference-only backends (onnxruntime)"

@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.checkpoint import load_newest
 from harness.checkpoint_dist import engine_problem, state_for_rank
-from harness.config import RunConfig
+from harness.config import RunConfig, is_masked
 from harness.errors import UsageError
 from harness.records import Record, read_record
 
@@ -63,7 +63,9 @@ def recorded_config(run_dir: Path) -> tuple[RunConfig, Record]:
         elif name == "overrides":
             value = tuple(value)
         elif name == "plugin_options":
-            value = tuple(tuple(item) for item in value)
+            # A masked password (RunConfig.to_dict) is not restored: the option falls back
+            # to its default (MLflow's URI: $MLFLOW_TRACKING_URI), which holds the secret.
+            value = tuple(tuple(item) for item in value if not is_masked(item[1]))
         kwargs[name] = value
     kwargs["out"] = Path(run_dir)
     return RunConfig(**kwargs), record

@@ -201,7 +201,10 @@ class MLflowTracker(Tracker):
         self.client.set_terminated(self.run_id, status=ended)
 
     def describe(self) -> dict[str, Any]:
-        return {"tracking_uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}
+        from harness.config import mask_password
+
+        return {"tracking_uri": mask_password(self.uri), "experiment": self.experiment,
+                "run_id": self.run_id}
 
 
 TRACKERS: dict[str, type[Tracker]] = {"tensorboard": TensorBoardTracker,

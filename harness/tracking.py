@@ -150,7 +150,7 @@ class TrackingObserver:
             return
         ctx = TrackContext(
             out_dir=Path(run.out_dir), run_name=Path(run.out_dir).name,
-            experiment=run.config.workload or "harness", uri=run.config.option("track_uri"),
+            experiment=run.config.workload or "harness", uri=run.config.option("track_uri") or os.environ.get("MLFLOW_TRACKING_URI"),
             tags={"workload": str(run.config.workload), "scale": run.config.scale,
                   "backend": run.config.backend, "mode": run.backend.mode,
                   "precision": run.config.precision, "strategy": run.strategy.name,
