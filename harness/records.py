@@ -180,6 +180,14 @@ class Record:
         return "checkpoint" if "model" in parts else "backbone" if "backbone" in parts \
             else "random"
 
+    def resumed_changes(self) -> str | None:
+        """The optimizer/schedule fields changed on resume (`--resume DIR --set lr=...`) as
+        one phrase, `lr 0.1 -> 0.01 at step 10`, or None when the run kept its recipe."""
+        parts = [f"{field} {old} -> {new} at step {entry.get('step')}"
+                 for entry in self.resumed_from or () if isinstance(entry, dict)
+                 for field, (old, new) in sorted((entry.get("changed") or {}).items())]
+        return "; ".join(parts) or None
+
     def add_later_error(self, line: str) -> None:
         self.later_errors = [*(self.later_errors or []), line]
 

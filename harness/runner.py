@@ -93,7 +93,8 @@ def execute(config: RunConfig, resume: Path | None = None,
         record = _base_record(run)
         if resume is not None:
             record = dataclasses.replace(
-                record, **_continued_record(resume, resume_state, resume_note))
+                record, **_continued_record(resume, resume_state, resume_note,
+                                            config_to_dict(prepared.workload.config)))
     except BaseException:
         folder.release()
         raise
