@@ -188,6 +188,16 @@ class Record:
                  for field, (old, new) in sorted((entry.get("changed") or {}).items())]
         return "; ".join(parts) or None
 
+    def no_evaluation(self) -> str | None:
+        """For a training run started with --no-eval, the phrase saying so and the command
+        that scores its weights (`check` and `show` both answer with it); else None."""
+        if self.kind != "train" or self.metrics or self.run_config().get("eval") is not False:
+            return None
+        out = self.run_config().get("out") or (self.path.parent if self.path else None)
+        checkpoint = Path(out) / "checkpoint.pt" if out else "CHECKPOINT"
+        return (f"the run has no evaluation (--no-eval); score its weights with "
+                f"`harness eval {self.workload} --checkpoint {checkpoint}`")
+
     def add_later_error(self, line: str) -> None:
         self.later_errors = [*(self.later_errors or []), line]
 

@@ -135,6 +135,15 @@ def _crafted_pickle(out: Path) -> None:
     (out.parent / "ckpt.pt").write_bytes(pickle.dumps({"model": _Crafted()}, protocol=4))
 
 
+def _no_eval_run(out: Path) -> None:
+    """The record a `--no-eval` run leaves (no metrics, no predictions file)."""
+    out.mkdir(parents=True)
+    (out / "record.json").write_text(json.dumps({
+        "schema": "perception-harness/run-record/2", "kind": "train", "workload": "tiny",
+        "scale": "smoke", "backend": "cpu", "mode": "eager", "precision": "fp32",
+        "status": "ok", "config": {"run": {"eval": False, "out": str(out)}, "workload": {}}}))
+
+
 def _checkpoint_and_previous_run(out: Path) -> None:
     _checkpoint(out)
     _previous_run(out)
@@ -236,6 +245,9 @@ MATRIX: list[Case] = [
     Case("check-no-record", ("check", "{out}"), USAGE, "no run record"),
     Case("check-torn-record", ("check", "{out}"), USAGE, "not valid JSON",
          setup=lambda out: (out.mkdir(), (out / "record.json").write_text('{"schema": '))),
+    Case("show-a-no-eval-run", ("show", "{out}"), USAGE,
+         "the run has no evaluation (--no-eval); score its weights with `harness eval tiny "
+         "--checkpoint {out}/checkpoint.pt`: nothing to show", setup=_no_eval_run),
     Case("eval-no-checkpoint", ("eval", "tiny", "--checkpoint", "{out}/none.pt"), USAGE,
          "no checkpoint"),
     # harness eval / export: checkpoints, options and folders
