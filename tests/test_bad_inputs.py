@@ -645,3 +645,59 @@ def test_a_crafted_pickle_is_refused_without_torchs_warnings(tmp_path: Path) -> 
         with pytest.raises(UnsafeCheckpoint, match="unpickling such a file can run code"):
             safe_torch_load(tmp_path / "ckpt.pt")
     assert [str(w.message) for w in caught] == []
+
+
+def test_full_disk_while_logging_names_the_log_file_not_the_console_plugin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: it read "plugin 'harness.console' hook harness_step_end raised OSError"."""
+    import io
+
+    from harness import console
+
+    class FullDisk(io.StringIO):
+        name = str(tmp_path / "out" / "log.jsonl")
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(console, "open", lambda *a, **k: FullDisk(), raising=False)
+    out = tmp_path / "out"
+    assert main(["run", "tiny", "--steps", "2", "--log-interval", "1", "--no-eval",
+                 "--out", str(out)]) == FAILED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"harness: error: {out / 'log.jsonl'}: No space left on device (free space "
+                     f"or choose another location) (record: {out / 'record.json'})"]
+    assert json.loads((out / "record.json").read_text())["status"] == "failed"
+
+
+def test_full_disk_at_the_lock_names_it_and_leaves_no_empty_lock(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: a disk full before the run printed an empty path and left an empty lock."""
+    from harness import outdir
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def __enter__(self) -> "FullDisk":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            os.close(self.fd)
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outdir.os, "fdopen",
+                        lambda fd, mode="r", *a, **k: FullDisk(fd) if mode == "w"
+                        else real_fdopen(fd, mode, *a, **k))
+    out = tmp_path / "out"
+    assert main(["run", "tiny", "--steps", "1", "--out", str(out)]) == USAGE
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"harness: error: --out {out}: {out / LOCK_NAME}: No space left on device "
+                     f"(free space or choose another location)"]
+    assert list(out.iterdir()) == []
