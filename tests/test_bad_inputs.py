@@ -701,3 +701,30 @@ def test_full_disk_at_the_lock_names_it_and_leaves_no_empty_lock(
     assert lines == [f"harness: error: --out {out}: {out / LOCK_NAME}: No space left on device "
                      f"(free space or choose another location)"]
     assert list(out.iterdir()) == []
+
+
+def test_full_disk_during_export_names_the_file_and_leaves_no_torn_onnx(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: it blamed the workload ("does not export to ONNX") and left a torn .onnx."""
+    import shutil
+
+    import torch
+
+    from harness.export import export_onnx
+
+    def exporter_on_a_full_disk(model: Any, args: Any, f: str, **kwargs: Any) -> None:
+        Path(f).write_bytes(b"torn")  # part written, then the writer fails as torch's does
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096")
+
+    monkeypatch.setattr(torch.onnx, "export", exporter_on_a_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(200, 200, 0))
+
+    class Workload:
+        name = "tiny"
+
+    out = tmp_path / "model.onnx"
+    with pytest.raises(OSError) as info:
+        export_onnx(Workload(), torch.nn.Linear(3, 2), (torch.ones(2, 3),),  # type: ignore[arg-type]
+                    torch.ones(2, 2), out)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(out))
+    assert list(tmp_path.iterdir()) == []
