@@ -265,12 +265,9 @@ def check_record(record: Record, ref_dir: Path, compare_anyway: bool = False) ->
     match, why = find_match(record, ref_dir)
     if match is None:
         return CheckResult(record, table, None, [], False, f"no matching row: {why}")
-    if record.kind == "train" and not record.metrics and record.run_config().get("eval") is False:
-        out = record.run_config().get("out") or (record.path.parent if record.path else None)
-        where = f" {Path(out) / 'checkpoint.pt'}" if out else ""
-        return CheckResult(record, table, match, [], False,
-                           f"the run has no evaluation (--no-eval); score its weights with "
-                           f"`harness eval {record.workload} --checkpoint{where or ' CHECKPOINT'}`")
+    unevaluated = record.no_evaluation()
+    if unevaluated is not None:
+        return CheckResult(record, table, match, [], False, unevaluated)
     verdicts = compare(record, match, compare_anyway)
     bad = [v.metric for v in verdicts if v.status in ("FAIL", "missing")]
     compared = [v for v in verdicts if v.status in ("pass", "FAIL")]

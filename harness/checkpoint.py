@@ -160,6 +160,17 @@ def checkpoint_dir(out_dir: Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
+def resume_hint(out_dir: Path) -> str:
+    """After a signal stopped a run at once: whether and from where it can be resumed."""
+    found = list_checkpoints(out_dir)
+    if not found:
+        return ("it cannot be resumed: it wrote no periodic checkpoint (off by default for "
+                "smoke; --checkpoint-interval N writes them; Ctrl-C once finishes the step "
+                "and writes one)")
+    step, path = found[-1]
+    return f"continue from {path.name} (step {step}) with: harness run --resume {out_dir}"
+
+
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every step_<N>.pt, oldest first."""
     folder = checkpoint_dir(out_dir)

@@ -62,7 +62,8 @@ def _add_run(sub: Any, with_plugins: bool = False) -> None:
                         "refused)")
     p.add_argument("--resume", type=Path, metavar="DIR",
                    help="continue the run in DIR from its newest complete checkpoint, with "
-                        "its recorded config")
+                        "its recorded config (--set may change optimizer/schedule fields, "
+                        "e.g. lr)")
     p.set_defaults(func=cmd_run, _plugin_dests=[])
     if not with_plugins:
         return

@@ -1,5 +1,6 @@
-"""Whether two trainings can be compared on accuracy at all: the same starting weights and
-the same schedule (optimizer steps, batch per step).
+"""Whether two trainings can be compared on accuracy at all: the same starting weights,
+the same schedule (optimizer steps, batch per step) and the same recipe throughout (a run
+resumed with another learning rate, `--resume DIR --set lr=...`, is another recipe).
 
 A run from random weights judged against a row measured from an ImageNet backbone, or a
 30-step run against rows of the preset's 800 steps, would FAIL as if the hardware were
@@ -65,6 +66,10 @@ def row_differences(settings: dict[str, str], record: Record,
     if want is not None and want != have:
         out.append(f"the row assumes {describe_init(want)} (init={want}), the run started "
                    f"from {describe_init(have)}")
+    changed = record.resumed_changes()
+    if changed:
+        out.append(f"the run was resumed with other optimizer/schedule settings ({changed}), "
+                   f"a recipe the row was not measured with")
     schedule = schedule_of(record)
     if not schedule:
         return out
@@ -103,6 +108,9 @@ def run_differences(a: Record, b: Record) -> list[str]:
     out = []
     if a.init() != b.init():
         out.append(f"started from {describe_init(a.init())} vs {describe_init(b.init())}")
+    if a.resumed_changes() != b.resumed_changes():  # a recipe changed on resume
+        out.append(f"resumed with {a.resumed_changes() or 'its recipe'} vs "
+                   f"{b.resumed_changes() or 'its recipe'}")
     sa, sb = schedule_of(a), schedule_of(b)
     if sa and sb:
         steps_a, steps_b = _int(sa.get("optimizer_steps")), _int(sb.get("optimizer_steps"))

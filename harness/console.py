@@ -78,8 +78,11 @@ class ConsoleObserver:
             line = run.workload.console_line(run, row)
             print(line if line is not None else format_line(run, row), flush=True)
             if self._jsonl:
-                self._jsonl.write(json.dumps(row) + "\n")
-                self._jsonl.flush()
+                try:
+                    self._jsonl.write(json.dumps(row) + "\n")
+                    self._jsonl.flush()
+                except OSError as exc:  # a full disk: name the file, not the plugin
+                    raise OSError(exc.errno, exc.strerror, self._jsonl.name) from exc
         if self.tty:
             filled = int(_BAR_WIDTH * step / max(run.total_steps, 1))
             sys.stdout.write(f"\r[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] "

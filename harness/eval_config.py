@@ -16,7 +16,8 @@ from harness import plugins
 from harness.api import Workload
 from harness.config import WORKLOAD_RUN_FIELDS, EvalConfig, apply_overrides, config_to_dict
 from harness.errors import UsageError
-from harness.prepare import DEFAULT_CACHE, check_requirements, instantiate_workload
+from harness.cache_dir import check_cache_dir
+from harness.prepare import check_requirements, instantiate_workload
 from harness.safe_load import Checkpoint, load_checkpoint
 
 
@@ -103,7 +104,7 @@ def check_checkpoint_config(cfg: EvalConfig, workload: Workload, ckpt: Checkpoin
 def prepare_workload(cfg: EvalConfig) -> tuple[Workload, Checkpoint, Any, str]:
     """build_workload, its data, and the config check (for `harness export`)."""
     workload, ckpt, scale = build_workload(cfg)
-    data = workload.datasets(cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+    data = workload.datasets(cfg.data, check_cache_dir(cfg.cache_dir, needed=cfg.data is None))
     check_checkpoint_config(cfg, workload, ckpt, scale)
     return workload, ckpt, data, scale
 

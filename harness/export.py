@@ -10,7 +10,10 @@ conv/upsample/concat graphs of these models, and names the first op it cannot ex
 """
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 
 from harness.api import Workload
+from harness.atomic import atomic_write
 from harness.errors import MissingExtra, UsageError
 from harness.inference import CallRecorder, predict_batch
 from harness.training import to_device
@@ -112,24 +116,39 @@ def export_onnx(workload: Workload, model: torch.nn.Module, args: tuple[torch.Te
     names = output_names(outputs)
     dynamic = {n: {0: "batch"} for n in [*inputs, *names]}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        try:
+            with warnings.catch_warnings():
+                # The TorchScript exporter is deprecated in favour of dynamo; chosen on purpose.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                # The exporter restores the wrapper's train/eval mode afterwards, recursively:
+                # a wrapper left in its default train mode would put BatchNorm in train mode.
+                torch.onnx.export(_FlatOutputs(model).eval(), args, tmp, dynamo=False,
+                                  input_names=inputs, output_names=names,
+                                  dynamic_axes=dynamic, opset_version=opset,
+                                  do_constant_folding=True)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+            if shutil.disk_usage(path.parent).free < 2**20:  # its writer's "full disk"
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+            text = str(exc).strip()
+            op = _failing_op(text)
+            first = text.splitlines()[0] if text else type(exc).__name__
+            raise ExportError(f"workload {workload.name} does not export to ONNX (opset "
+                              f"{opset})" + (f": op {op} has no ONNX mapping" if op else "")
+                              + f" [{type(exc).__name__}: {first[:300]}]") from None
+
+    # Through the one atomic writer: a failed or cut-short export leaves no torn .onnx, and a
+    # disk error is the file's (named), not the workload's.
     try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo; chosen on purpose.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # The exporter restores the wrapper's train/eval mode afterwards, recursively: a
-            # wrapper left in its default train mode would put BatchNorm in train mode.
-            torch.onnx.export(_FlatOutputs(model).eval(), args, str(path), dynamo=False,
-                              input_names=inputs, output_names=names, dynamic_axes=dynamic,
-                              opset_version=opset, do_constant_folding=True)
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; all mean "no"
-        text = str(exc).strip()
-        op = _failing_op(text)
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise ExportError(f"workload {workload.name} does not export to ONNX (opset {opset})"
-                          + (f": op {op} has no ONNX mapping" if op else "")
-                          + f" [{type(exc).__name__}: {first[:300]}]") from None
+        atomic_write(path, write)
+    except OSError as exc:
+        if exc.filename == str(path):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError and friends

@@ -93,11 +93,14 @@ class Ending:
             self.fail(exc, where)
 
 
+SIGNAL_STOP = "received signal"  # how the line of a run a signal stopped at once starts
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (schedulers, CI cancel) ends the job like SIGINT: with a record."""
     def handler(signum: int, frame: Any) -> None:
-        raise RunInterrupted(f"received signal {signal.Signals(signum).name}")
+        raise RunInterrupted(f"{SIGNAL_STOP} {signal.Signals(signum).name}")
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)

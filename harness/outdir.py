@@ -98,8 +98,12 @@ def _take_lock(folder: Path) -> Path:
                                  f"file {lock}): wait for it or choose another --out") from None
             lock.unlink(missing_ok=True)  # stale: its holder is gone
             continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+        except OSError as exc:  # a full disk: no empty lock left behind, and the line
+            lock.unlink(missing_ok=True)  # names the file that could not be written
+            raise OSError(exc.errno, exc.strerror, str(lock)) from exc
         return lock
     raise UsageError(f"--out {folder}: could not take the lock file {lock} (another run keeps "
                      f"re-creating it): choose another --out")

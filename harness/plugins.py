@@ -17,6 +17,7 @@ when its parser is built: the host's, HARNESS_PLUGINS and the "harness" group.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import os
@@ -76,6 +77,11 @@ def _load_module(name: str, origin: str) -> object:
         raise PluginLoadError(f"plugin {name!r} ({origin}) failed to import: {exc!r}") from exc
 
 
+# A hook's OSError with one of these is about the disk it writes to (log.jsonl on a full
+# disk), answered as the file error it is rather than as the plugin's failure.
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def _naming(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..., Any]:
     @functools.wraps(function)
     def call(*args: Any) -> Any:
@@ -83,6 +89,10 @@ def _naming(function: Callable[..., Any], plugin: str, hook: str) -> Callable[..
             return function(*args)
         except (HarnessError, MemoryError):  # deliberate messages and OOM keep their meaning
             raise
+        except OSError as exc:
+            if exc.errno in _DISK_ERRNOS:  # the disk's state, not the plugin's bug: the
+                raise  # CLI's one line names the file (harness/run_checks.py)
+            raise PluginHookError(f"plugin {plugin!r} hook {hook} raised {exc!r}") from exc
         except (Exception, SystemExit) as exc:
             raise PluginHookError(f"plugin {plugin!r} hook {hook} raised {exc!r}") from exc
 

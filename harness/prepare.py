@@ -49,9 +49,10 @@ from harness.errors import (
     MissingExtra,
     UsageError,
 )
+from harness.cache_dir import cache_root, check_cache_dir, default_cache
 from harness.strategies import DDPStrategy, Strategy
 
-DEFAULT_CACHE = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "perception-harness"))
+DEFAULT_CACHE = default_cache()  # as at import; jobs ask cache_root() (reads $HARNESS_CACHE then)
 
 
 def check_requirements(workload_cls: type[Workload]) -> None:
@@ -206,8 +207,7 @@ class PreparedRun:
         """Read (or synthesize, then read) the workload's data; datasets() may resolve config
         fields from it, so `self.workload.config` is final only after this."""
         cfg = self.config
-        self.data = self.workload.datasets(
-            cfg.data, Path(cfg.cache_dir) if cfg.cache_dir else DEFAULT_CACHE)
+        self.data = self.workload.datasets(cfg.data, cache_root(cfg.cache_dir))
         return self.data
 
     def loader(self, split: Literal["train", "val"]) -> DataLoader:
@@ -241,6 +241,7 @@ def resolve_run(config: RunConfig, *, workload: Workload | None = None,
     config and the launcher's environment (DeepSpeed, DDP, single process).
     """
     workload = workload if workload is not None else resolve_workload(config)
+    check_cache_dir(config.cache_dir, needed=config.data is None)
     backend = prepare_backend(config)
     return PreparedRun(config, workload, backend,
                        strategy if strategy is not None else choose_strategy(config))

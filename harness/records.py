@@ -184,6 +184,24 @@ class Record:
         return "checkpoint" if "model" in parts else "backbone" if "backbone" in parts \
             else "random"
 
+    def resumed_changes(self) -> str | None:
+        """The optimizer/schedule fields changed on resume (`--resume DIR --set lr=...`) as
+        one phrase, `lr 0.1 -> 0.01 at step 10`, or None when the run kept its recipe."""
+        parts = [f"{field} {old} -> {new} at step {entry.get('step')}"
+                 for entry in self.resumed_from or () if isinstance(entry, dict)
+                 for field, (old, new) in sorted((entry.get("changed") or {}).items())]
+        return "; ".join(parts) or None
+
+    def no_evaluation(self) -> str | None:
+        """For a training run started with --no-eval, the phrase saying so and the command
+        that scores its weights (`check` and `show` both answer with it); else None."""
+        if self.kind != "train" or self.metrics or self.run_config().get("eval") is not False:
+            return None
+        out = self.run_config().get("out") or (self.path.parent if self.path else None)
+        checkpoint = Path(out) / "checkpoint.pt" if out else "CHECKPOINT"
+        return (f"the run has no evaluation (--no-eval); score its weights with "
+                f"`harness eval {self.workload} --checkpoint {checkpoint}`")
+
     def add_later_error(self, line: str) -> None:
         self.later_errors = [*(self.later_errors or []), line]
 

@@ -89,6 +89,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
     if args.numerics:
         if args.records:
             raise UsageError("--numerics runs its own steps; give no records with it")
+        from harness.run_checks import validate_numerics_numbers
+
+        validate_numerics_numbers(args)  # before torch and the workload are loaded
         from harness.numerics import format_report, run_numerics
 
         report = run_numerics(args.numerics, args.backend, steps=args.steps,

@@ -24,6 +24,7 @@ from harness.checkpoint_dist import engine_problem, state_for_rank
 from harness.config import RunConfig, is_masked
 from harness.errors import UsageError
 from harness.records import Record, read_record
+from harness.resume_changes import changed_fields, may_change_on_resume
 
 # Options that may differ on resume: they do not change what the run computes.
 _MAY_DIFFER = {"checkpoint_interval", "keep_checkpoints", "out"}
@@ -72,9 +73,15 @@ def recorded_config(run_dir: Path) -> tuple[RunConfig, Record]:
 
 
 def resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, Record]:
-    """The recorded config with the harmless options in `given` applied; options given on
-    the command line that would change the run are refused with the differing keys."""
+    """The recorded config with the harmless options in `given` applied, and `--set` of
+    optimizer/schedule fields appended to its overrides; options given on the command line
+    that would change the run otherwise are refused with the differing keys."""
     config, record = recorded_config(run_dir)
+    given = dict(given)
+    new_overrides = tuple(given.pop("overrides", ()))
+    if new_overrides:
+        _check_resume_overrides(run_dir, record, new_overrides)
+        config = dataclasses.replace(config, overrides=config.overrides + new_overrides)
     differing = sorted(k for k, v in given.items() if k not in _MAY_DIFFER
                        and hasattr(config, k) and _plain(getattr(config, k)) != _plain(v))
     if differing:
@@ -84,6 +91,21 @@ def resumed_config(run_dir: Path, given: dict[str, Any]) -> tuple[RunConfig, Rec
                          f"a resumed run keeps its config (start a new run to change it)")
     keep = {k: v for k, v in given.items() if k in _MAY_DIFFER and k != "out"}
     return dataclasses.replace(config, **keep), record
+
+
+def _check_resume_overrides(run_dir: Path, record: Record, overrides: tuple[str, ...]) -> None:
+    """`--set` on resume: optimizer and schedule fields only (harness/resume_changes.py),
+    and not through DeepSpeed, whose engine restores its optimizer's settings itself."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    fixed = [k for k in keys if "." in k or not may_change_on_resume(k)]
+    if fixed:
+        raise UsageError(f"--resume {run_dir}: --set {fixed[0]} cannot change on resume (only "
+                         f"optimizer and schedule fields may, e.g. --set lr=...); start a new "
+                         f"run to change it")
+    if record.strategy == "deepspeed":
+        raise UsageError(f"--resume {run_dir}: --set {keys[0]} on a DeepSpeed run is not "
+                         f"supported (its engine restores the optimizer's settings from its "
+                         f"own checkpoint); resume without --set")
 
 
 def find_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path, list[str]]:
@@ -122,9 +144,12 @@ def resume_checkpoint(config: RunConfig, run_dir: Path | None
     return state, note
 
 
-def continued_record(run_dir: Path, state: dict[str, Any] | None, note: str) -> dict[str, Any]:
-    """The fields a resumed run keeps from the record it continues, plus this resumption.
-    Each rank continues its own record (rank 0 may already have rewritten record.json)."""
+def continued_record(run_dir: Path, state: dict[str, Any] | None, note: str,
+                     workload_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields a resumed run keeps from the record it continues, plus this resumption
+    (with the optimizer/schedule fields `workload_config` changes from the checkpoint's,
+    as `changed`: {field: [old, new]}). Each rank continues its own record (rank 0 may
+    already have rewritten record.json)."""
     _, old = recorded_config(run_dir)
     rank = int(os.environ.get("RANK", "0"))
     own = Path(run_dir) / f"record.rank{rank}.json"
@@ -135,8 +160,12 @@ def continued_record(run_dir: Path, state: dict[str, Any] | None, note: str) -> 
             pass  # unreadable: rank 0's fields will do for the record's history
     assert state is not None
     resumed = list(old.resumed_from or [])
-    resumed.append({"step": int(state["step"]),
-                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "previous_status": old.status, "note": note})
+    entry: dict[str, Any] = {"step": int(state["step"]),
+                             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "previous_status": old.status, "note": note}
+    changes = changed_fields(workload_config or {}, state.get("workload_config") or {})
+    if changes:
+        entry["changed"] = changes
+    resumed.append(entry)
     return {"started_at": old.started_at, "resumed_from": resumed,
             "losses": list(state["losses"]), "evals": list(state["evals"])}

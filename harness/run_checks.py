@@ -3,6 +3,7 @@ and the CLI's one-line answer to failures that are not HarnessErrors."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -41,6 +42,13 @@ _NUMERIC_EVAL_OPTIONS: tuple[tuple[str, str, float, bool], ...] = (
 )
 
 
+# `harness parity --numerics` (its own --steps, --tol and --seed).
+_NUMERIC_NUMERICS_OPTIONS: tuple[tuple[str, str, float, bool], ...] = (
+    ("--steps", "steps", 1, False),
+    ("--tol", "tol", 0, False),
+)
+
+
 def validate_run_numbers(args: argparse.Namespace) -> None:
     """Every numeric `harness run` option in range, or a UsageError naming it (exit 2)."""
     _check_numbers(args, _NUMERIC_RUN_OPTIONS)
@@ -51,13 +59,21 @@ def validate_eval_numbers(args: argparse.Namespace) -> None:
     _check_numbers(args, _NUMERIC_EVAL_OPTIONS)
 
 
+def validate_numerics_numbers(args: argparse.Namespace) -> None:
+    """The same for `harness parity --numerics`, before a workload is built."""
+    _check_numbers(args, _NUMERIC_NUMERICS_OPTIONS)
+
+
 def _check_numbers(args: argparse.Namespace,
                    table: tuple[tuple[str, str, float, bool], ...]) -> None:
     for flag, dest, low, strict in table:
         value = getattr(args, dest, None)
         if value is None:
             continue
-        if value != value or (value <= low if strict else value < low):  # NaN fails too
+        # NaN compares false with every bound; inf would pass one (--tol inf passes anything)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{flag} {value}: must be a finite number")
+        if value <= low if strict else value < low:
             bound = f"> {low:g}" if strict else f">= {low:g}"
             raise UsageError(f"{flag} {value}: must be {bound}")
     seed = getattr(args, "seed", None)

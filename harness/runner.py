@@ -17,9 +17,10 @@ import torch
 
 from harness import plugins
 from harness.api import Run
-from harness.checkpoint import effective_interval
+from harness.checkpoint import effective_interval, resume_hint
+from harness.errors import RunInterrupted
 from harness.config import RunConfig, config_to_dict
-from harness.lifecycle import Job, backend_memory, fallback_ops
+from harness.lifecycle import SIGNAL_STOP, Job, backend_memory, fallback_ops
 from harness.oom import describe_oom, memory_hint
 from harness.outdir import RecordWriter, claim_run_folder, default_run_folder, write_predictions
 from harness.prepare import (  # noqa: F401 - re-exported: the names callers used before
@@ -93,7 +94,8 @@ def execute(config: RunConfig, resume: Path | None = None,
         record = _base_record(run)
         if resume is not None:
             record = dataclasses.replace(
-                record, **_continued_record(resume, resume_state, resume_note))
+                record, **_continued_record(resume, resume_state, resume_note,
+                                            config_to_dict(prepared.workload.config)))
     except BaseException:
         folder.release()
         raise
@@ -138,9 +140,15 @@ def _execute_run(prepared: PreparedRun, run: Run, record: Record, pm: Any,
         return result
 
     interval = effective_interval(cfg.checkpoint_interval, cfg.scale)
-    train(run, prepared.loader("train"), device, pm.hook, evaluate_now,
-          resume_state=resume_state, checkpoint_interval=interval,
-          keep_checkpoints=cfg.keep_checkpoints, progress=progress)
+    try:
+        train(run, prepared.loader("train"), device, pm.hook, evaluate_now,
+              resume_state=resume_state, checkpoint_interval=interval,
+              keep_checkpoints=cfg.keep_checkpoints, progress=progress)
+    except RunInterrupted as exc:
+        if not str(exc).startswith(SIGNAL_STOP):  # a first Ctrl-C's line says it already
+            raise
+        # A signal stopped it at once (SIGTERM, a second Ctrl-C): say whether it can resume.
+        raise RunInterrupted(f"{exc}; {resume_hint(run.out_dir)}") from exc
     if run.model_info is not None:
         record.model = run.model_info
     record.start_weights = run.start_weights

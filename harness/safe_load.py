@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,13 @@ def safe_torch_load(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}")
+    _check_format(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's own lines about the pickle (e.g. "Detected pickle protocol 4") would
+            # stand beside the one line this function raises.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
         what = f" (it references {found.group(1)})" if found else ""
@@ -42,6 +49,21 @@ def safe_torch_load(path: Path) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"{path}: not a readable torch checkpoint ({first})") from None
+
+
+def _check_format(path: Path) -> None:
+    """A file that is neither torch.save's zip archive nor a pickle stream (which starts
+    with the PROTO opcode, 0x80: torch's legacy format, a pickled state dict) is not a
+    checkpoint at all: said so, rather than refused as a pickle that could run code."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not is_zip and not head.startswith((b"\x80", b"PK")):  # PK: a damaged zip, torch says
+        raise UsageError(f"{path}: not a torch checkpoint (neither torch.save's zip archive "
+                         f"nor a pickle; it starts with {head!r})")
 
 
 @dataclasses.dataclass

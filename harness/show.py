@@ -40,6 +40,9 @@ def load_context(run: Path, n: int = 8, score_thr: float = 0.3) -> ShowContext:
     record = read_record(rec_path)
     info = record.predictions
     if not info or not info.get("path") or not info.get("format"):
+        unevaluated = record.no_evaluation()
+        if unevaluated is not None:
+            raise UsageError(f"{rec_path}: {unevaluated}: nothing to show")
         raise UsageError(f"{rec_path}: the record names no predictions file (its `predictions` "
                          f"is absent; status {record.status!r}): nothing to show")
     path = Path(info["path"])

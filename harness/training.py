@@ -20,9 +20,11 @@ from torch.utils.data import DataLoader
 
 from harness.checkpoint import ResumableBatches, to_cpu
 from harness.checkpointing import training_checkpoints
+from harness.config import config_to_dict
 from harness.ema import ModelEMA
 from harness.errors import Diverged, RunInterrupted, UsageError
 from harness.flops import count_training
+from harness.resume_changes import Fresh, changed_fields
 from harness.start_weights import load_start_weights
 from harness.timing import ResumedTimer
 from harness.workload_config import declared_field
@@ -160,13 +162,23 @@ class Trainer:
             scaler=self.scaler, ema=run.ema, batches=self.stream, timer=self.timer, loop=self,
             keep=self.keep_checkpoints)
         if resume_state is not None:
-            self.checkpoints.load(resume_state)
+            self._restore(resume_state)
         self.start = run.step
         # A resumed segment repeats the warmup (excluded from the timed steps).
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(10, run.total_steps // 5)
         self.warmup = max(0, min(warmup, run.total_steps - self.start - 1))
         self.timer.start(self.start + self.warmup, self.warmup)
         run.timer = self.timer
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """The checkpoint's state; where the resumed run set other optimizer or schedule
+        fields (`--resume DIR --set lr=...`), their fresh values replace the checkpoint's."""
+        changes = changed_fields(config_to_dict(self.run.workload.config),
+                                 state.get("workload_config") or {})
+        fresh = Fresh(self.optimizer, self.scheduler) if changes else None
+        self.checkpoints.load(state)
+        if fresh is not None:
+            fresh.reapply(self.optimizer, self.scheduler)
 
     # -- the loop --
     def fit(self) -> None:

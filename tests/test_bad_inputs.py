@@ -31,6 +31,7 @@ class Case:
     says: str  # a piece of the one stderr line ("" for a successful run: no stderr at all)
     setup: Callable[[Path], None] | None = None
     after: Callable[[Path], None] | None = None  # asserts on the out folder
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # "{tmp}" expanded
 
 
 def _nothing_written(out: Path) -> None:
@@ -120,6 +121,29 @@ def _garbage_checkpoint(out: Path) -> None:
     (out.parent / "ckpt.pt").write_bytes(b"not a checkpoint")
 
 
+class _Crafted:
+    """Unpickles into a call (print here; a real attack would call something worse)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("this ran while loading",))
+
+
+def _crafted_pickle(out: Path) -> None:
+    """A bare pickle (protocol 4, which torch warns about) that runs code when loaded."""
+    import pickle
+
+    (out.parent / "ckpt.pt").write_bytes(pickle.dumps({"model": _Crafted()}, protocol=4))
+
+
+def _no_eval_run(out: Path) -> None:
+    """The record a `--no-eval` run leaves (no metrics, no predictions file)."""
+    out.mkdir(parents=True)
+    (out / "record.json").write_text(json.dumps({
+        "schema": "perception-harness/run-record/2", "kind": "train", "workload": "tiny",
+        "scale": "smoke", "backend": "cpu", "mode": "eager", "precision": "fp32",
+        "status": "ok", "config": {"run": {"eval": False, "out": str(out)}, "workload": {}}}))
+
+
 def _checkpoint_and_previous_run(out: Path) -> None:
     _checkpoint(out)
     _previous_run(out)
@@ -145,6 +169,7 @@ def _eval_replaced_cleanly(out: Path) -> None:
 RUN = ("run", "tiny", "--out", "{out}")
 EVAL = ("eval", "tiny", "--checkpoint", "{tmp}/ckpt.pt", "--out", "{out}")
 EXPORT = ("export", "tiny", "--checkpoint", "{tmp}/ckpt.pt")
+NUMERICS = ("parity", "--numerics", "tiny", "--backend", "cpu")
 MATRIX: list[Case] = [
     # numeric options, refused before anything is touched
     Case("steps-0", (*RUN, "--steps", "0"), USAGE, "--steps 0: must be >= 1", after=_nothing_written),
@@ -220,13 +245,22 @@ MATRIX: list[Case] = [
     Case("check-no-record", ("check", "{out}"), USAGE, "no run record"),
     Case("check-torn-record", ("check", "{out}"), USAGE, "not valid JSON",
          setup=lambda out: (out.mkdir(), (out / "record.json").write_text('{"schema": '))),
+    Case("show-a-no-eval-run", ("show", "{out}"), USAGE,
+         "the run has no evaluation (--no-eval); score its weights with `harness eval tiny "
+         "--checkpoint {out}/checkpoint.pt`: nothing to show", setup=_no_eval_run),
     Case("eval-no-checkpoint", ("eval", "tiny", "--checkpoint", "{out}/none.pt"), USAGE,
          "no checkpoint"),
     # harness eval / export: checkpoints, options and folders
     Case("eval-checkpoint-is-a-folder", ("eval", "tiny", "--checkpoint", "{tmp}"), USAGE,
          "no checkpoint at"),
-    Case("eval-checkpoint-not-a-checkpoint", EVAL, USAGE, "refused: loading it needs more",
+    Case("eval-checkpoint-not-a-checkpoint", EVAL, USAGE,
+         "ckpt.pt: not a torch checkpoint (neither torch.save's zip archive nor a pickle",
          setup=_garbage_checkpoint, after=_nothing_written),
+    Case("eval-checkpoint-of-random-bytes", EVAL, USAGE, "ckpt.pt: not a torch checkpoint",
+         setup=lambda out: (out.parent / "ckpt.pt").write_bytes(bytes(range(1, 256)) * 8),
+         after=_nothing_written),
+    Case("eval-checkpoint-a-crafted-pickle", EVAL, USAGE, "refused: loading it needs more",
+         setup=_crafted_pickle, after=_nothing_written),
     Case("eval-checkpoint-of-another-workload", ("eval", "yolov3", *EVAL[2:]), USAGE,
          "holds a 'tiny' model, not 'yolov3'", setup=_checkpoint, after=_nothing_written),
     Case("eval-checkpoint-of-another-config", (*EVAL, "--scale", "full"), USAGE,
@@ -263,7 +297,7 @@ MATRIX: list[Case] = [
          setup=_checkpoint, after=_record_status("failed")),
     Case("export-no-checkpoint", ("export", "tiny", "--checkpoint", "{tmp}/none.pt"), USAGE,
          "no checkpoint at"),
-    Case("export-not-a-checkpoint", EXPORT, USAGE, "refused: loading it needs more",
+    Case("export-not-a-checkpoint", EXPORT, USAGE, "not a torch checkpoint",
          setup=_garbage_checkpoint),
     Case("export-checkpoint-of-another-workload", ("export", "yolov3", *EXPORT[2:]), USAGE,
          "holds a 'tiny' model", setup=_checkpoint),
@@ -273,6 +307,26 @@ MATRIX: list[Case] = [
          "--opset 0: must be >= 1", setup=_checkpoint),
     Case("export-out-is-a-folder", (*EXPORT, "--out", "{tmp}"), USAGE,
          "is a folder: give the file to write", setup=_checkpoint),
+    # the cache folder (issue 24): refused before the run folder is claimed
+    Case("cache-dir-is-a-file", (*RUN, "--cache-dir", "{tmp}/file"), USAGE,
+         "cache folder {tmp}/file (--cache-dir) is a file, not a folder",
+         setup=lambda out: (out.parent / "file").write_text("x"), after=_nothing_written),
+    Case("cache-dir-under-a-file", (*RUN, "--cache-dir", "{tmp}/file/cache"), USAGE,
+         "lies under {tmp}/file, which is a file",
+         setup=lambda out: (out.parent / "file").write_text("x"), after=_nothing_written),
+    Case("harness-cache-is-a-file", RUN, USAGE, "($HARNESS_CACHE) is a file, not a folder",
+         setup=lambda out: (out.parent / "file").write_text("x"), after=_nothing_written,
+         env={"HARNESS_CACHE": "{tmp}/file"}),
+    # parity --numerics: its own numeric options, before a workload is built (issue 24)
+    Case("numerics-steps-0", (*NUMERICS, "--steps", "0"), USAGE, "--steps 0: must be >= 1"),
+    Case("numerics-steps-negative", (*NUMERICS, "--steps", "-1"), USAGE, "--steps -1"),
+    Case("numerics-tol-nan", (*NUMERICS, "--tol", "nan"), USAGE,
+         "--tol nan: must be a finite number"),
+    Case("numerics-tol-negative", (*NUMERICS, "--tol", "-1"), USAGE, "--tol -1.0: must be >= 0"),
+    Case("numerics-seed-20-digits", (*NUMERICS, "--seed", "1" * 20), USAGE,
+         "--seed 11111111111111111111: must be in 0.."),
+    Case("epochs-inf", (*RUN, "--epochs", "inf"), USAGE, "--epochs inf: must be a finite number",
+         after=_nothing_written),
     # runs that fail: exit 1, the record says why
     Case("diverged", (*RUN, "--steps", "20", "--set", "nan_at_step=3", "--no-eval"), FAILED,
          "non-finite loss at step 3", after=_record_status("diverged")),
@@ -287,7 +341,12 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "out"
     if case.setup is not None:
         case.setup(out)
-    argv = [a.replace("{out}", str(out)).replace("{tmp}", str(tmp_path)) for a in case.argv]
+    def expand(text: str) -> str:
+        return text.replace("{out}", str(out)).replace("{tmp}", str(tmp_path))
+
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, expand(value))
+    argv = [expand(a) for a in case.argv]
     code = main(argv)
     err = capsys.readouterr().err
     assert code == case.code, err
@@ -295,7 +354,7 @@ def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str
     lines = [line for line in err.splitlines() if line.strip()]
     if case.says:
         assert len(lines) == 1, lines
-        assert case.says in lines[0], lines[0]
+        assert expand(case.says) in lines[0], lines[0]
     else:
         assert lines == []
     if case.after is not None:
@@ -571,3 +630,101 @@ def test_parity_figure_into_a_folder_names_the_file_it_wrote(tmp_path: Path) -> 
     assert out == tmp_path / "parity.png" and out.is_file()
     bare = figure(build([rec, rec]), tmp_path / "fig")
     assert bare == tmp_path / "fig.png" and bare.is_file()
+
+
+def test_a_crafted_pickle_is_refused_without_torchs_warnings(tmp_path: Path) -> None:
+    """pytest keeps warnings off stderr, so the matrix cannot see torch's "Detected pickle
+    protocol 4" lines: record them here (issue 24: printed beside the one line)."""
+    import warnings
+
+    from harness.safe_load import UnsafeCheckpoint, safe_torch_load
+
+    _crafted_pickle(tmp_path / "out")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UnsafeCheckpoint, match="unpickling such a file can run code"):
+            safe_torch_load(tmp_path / "ckpt.pt")
+    assert [str(w.message) for w in caught] == []
+
+
+def test_full_disk_while_logging_names_the_log_file_not_the_console_plugin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: it read "plugin 'harness.console' hook harness_step_end raised OSError"."""
+    import io
+
+    from harness import console
+
+    class FullDisk(io.StringIO):
+        name = str(tmp_path / "out" / "log.jsonl")
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(console, "open", lambda *a, **k: FullDisk(), raising=False)
+    out = tmp_path / "out"
+    assert main(["run", "tiny", "--steps", "2", "--log-interval", "1", "--no-eval",
+                 "--out", str(out)]) == FAILED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"harness: error: {out / 'log.jsonl'}: No space left on device (free space "
+                     f"or choose another location) (record: {out / 'record.json'})"]
+    assert json.loads((out / "record.json").read_text())["status"] == "failed"
+
+
+def test_full_disk_at_the_lock_names_it_and_leaves_no_empty_lock(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: a disk full before the run printed an empty path and left an empty lock."""
+    from harness import outdir
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def __enter__(self) -> "FullDisk":
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            os.close(self.fd)
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outdir.os, "fdopen",
+                        lambda fd, mode="r", *a, **k: FullDisk(fd) if mode == "w"
+                        else real_fdopen(fd, mode, *a, **k))
+    out = tmp_path / "out"
+    assert main(["run", "tiny", "--steps", "1", "--out", str(out)]) == USAGE
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"harness: error: --out {out}: {out / LOCK_NAME}: No space left on device "
+                     f"(free space or choose another location)"]
+    assert list(out.iterdir()) == []
+
+
+def test_full_disk_during_export_names_the_file_and_leaves_no_torn_onnx(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: it blamed the workload ("does not export to ONNX") and left a torn .onnx."""
+    import shutil
+
+    import torch
+
+    from harness.export import export_onnx
+
+    def exporter_on_a_full_disk(model: Any, args: Any, f: str, **kwargs: Any) -> None:
+        Path(f).write_bytes(b"torn")  # part written, then the writer fails as torch's does
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096")
+
+    monkeypatch.setattr(torch.onnx, "export", exporter_on_a_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(200, 200, 0))
+
+    class Workload:
+        name = "tiny"
+
+    out = tmp_path / "model.onnx"
+    with pytest.raises(OSError) as info:
+        export_onnx(Workload(), torch.nn.Linear(3, 2), (torch.ones(2, 3),),  # type: ignore[arg-type]
+                    torch.ones(2, 2), out)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(out))
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from workloads.datasets.cache import (
     UNTAGGED_ORPHAN_AGE_S,
@@ -90,3 +94,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("read_only_mount", [False, True], ids=["no-permission", "ro-mount"])
+def test_read_only_cache_folder_is_one_line_before_the_run(
+        read_only_mount: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: it ended as a `failed` record (exit 1) whose line did not name the cache.
+    Simulated through access()/statvfs(): chmod does not stop root, and a mount needs it."""
+    from harness.cli import main
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real_access, real_statvfs = os.access, os.statvfs
+
+    def access(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        return False if Path(path) == cache else real_access(path, mode, *args, **kwargs)
+
+    def statvfs(path: Any) -> Any:
+        result = real_statvfs(path)
+        if Path(path) == cache and read_only_mount:
+            return SimpleNamespace(f_flag=result.f_flag | os.ST_RDONLY)
+        return result
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    out = tmp_path / "out"
+    for where in (cache, cache / "sub"):  # the folder itself, or one to be created in it
+        code = main(["run", "tiny", "--steps", "1", "--cache-dir", str(where), "--out", str(out)])
+        lines = capsys.readouterr().err.splitlines()
+        assert code == 2 and len(lines) == 1, lines
+        why = "on a read-only file system" if read_only_mount else "not writable"
+        assert lines[0].startswith(f"harness: error: cache folder {where} (--cache-dir) ")
+        assert f"{cache} is {why}" in lines[0] or f"is {why}" in lines[0], lines[0]
+        assert not out.exists()

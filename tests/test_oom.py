@@ -22,7 +22,8 @@ from tests.tiny_workload import TinyConfig, TinyWorkload
 @dataclasses.dataclass(frozen=True)
 class OomConfig(TinyConfig):
     oom_at_step: int = 3
-    oom_kind: str = "device"  # "device": forward raises OutOfMemoryError; "cpu": backward
+    oom_kind: str = "device"  # "device": forward raises OutOfMemoryError; "cpu": backward;
+    # "eval": the predictions of the final evaluation raise OutOfMemoryError
     with_cp: bool = False
 
 
@@ -45,11 +46,17 @@ class OomWorkload(TinyWorkload):
     def loss(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         terms = super().loss(model, batch)
         # The FLOPs count calls a shallow copy (its own count): training step N is call N.
-        if self._calls == self.config.oom_at_step:
+        if self._calls == self.config.oom_at_step and self.config.oom_kind != "eval":
             if self.config.oom_kind == "device":
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
             terms["loss_cls"].register_hook(_cpu_allocator_failure)
         return terms
+
+
+    def predict(self, model: torch.nn.Module, batch: Any) -> list[Any]:
+        if self.config.oom_kind == "eval":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+        return super().predict(model, batch)
 
 
 @hookimpl
@@ -88,6 +95,17 @@ def test_cpu_allocator_failure_in_backward_is_oom(tmp_path: Path) -> None:
     assert (record["oom"]["step"], record["oom"]["phase"]) == (3, "backward")
     # Knobs already turned are not suggested again.
     assert "with_cp" not in record["oom"]["hint"] and "--precision" not in record["oom"]["hint"]
+
+
+def test_oom_in_the_final_evaluation_hints_the_eval_batch_size(tmp_path: Path) -> None:
+    """Issue 24: the hint named --batch-size (training's), which the evaluation does not use."""
+    out = tmp_path / "run"
+    assert main(["run", "tiny_oom", "--steps", "2", "--set", "oom_kind=eval",
+                 "--eval-batch-size", "6", "--out", str(out)]) == 1
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "oom" and record["oom"]["phase"] == "evaluation"
+    assert record["oom"]["hint"] == "to lower memory try: --eval-batch-size 3"
+    assert (out / "checkpoint.pt").is_file()  # saved before the evaluation
 
 
 def test_a_workload_without_with_cp_gets_no_with_cp_hint() -> None:

@@ -268,7 +268,7 @@ def test_second_ctrl_c_stops_at_once(plugins_here: pytest.MonkeyPatch, tmp_path:
     plugins_here.setenv(SIGINT_AT, "7")
     plugins_here.setenv("RESUME_TEST_SIGINTS", "2")
     assert main(["run", "tiny_noisy", "--steps", "20", "--log-interval", "1",
-                 "--out", str(out)]) != 0
+                 "--out", str(out)]) == 130  # as in eval (issue 24: was 1 in training)
     record = _record(out)
     assert record["status"] == "interrupted"
     assert [r["step"] for r in record["losses"]] == list(range(1, 7))  # step 7 never finished

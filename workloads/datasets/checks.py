@@ -59,15 +59,3 @@ def check_not_empty(items: Sequence[Any] | Mapping[Any, Any], source: str, what:
     """DatasetError naming the split's file when it holds no samples."""
     if len(items) == 0:
         raise DatasetError(f"{source}: no {what} (an empty split)")
-
-
-# OpenLane-V2 collection frames (the devkit's collect() layout): annotation geometry.
-OPENLANEV2_NUMBERS = ("annotation.lane_centerline[].points", "annotation.traffic_element[].points")
-
-
-def check_openlanev2_frames(frames: Mapping[tuple[str, ...], Mapping[str, Any]],
-                            source: str) -> None:
-    """Non-finite lane or traffic-element points in a collection: DatasetError naming the
-    collection file, the frame and the field."""
-    check_finite(((f"frame {'/'.join(map(str, key))}", frame) for key, frame in frames.items()),
-                 OPENLANEV2_NUMBERS, source)

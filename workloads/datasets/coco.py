@@ -133,6 +133,13 @@ class CocoDetection(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
+    def most_boxes(self) -> tuple[int, dict[str, Any]]:
+        """The largest number of training targets on one image, and that image's entry."""
+        if not self.images:
+            return 0, {}
+        image = max(self.images, key=lambda im: len(self.targets[im["id"]]))
+        return len(self.targets[image["id"]]), image
+
     def __len__(self) -> int:
         return len(self.images)
 

@@ -25,9 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from harness import DatasetError
+from workloads.datasets.openlanev2_checks import check_frame, check_frames
 
 DATA_DICT = "data_dict_subset_A.json"
 POINT_INTERVAL = {"train": 1, "val": 20, "test": 20}
@@ -39,14 +40,26 @@ def read_data_dict(root: Path) -> dict[str, dict[str, list[str]]]:
     path = Path(root) / DATA_DICT
     if not path.is_file():
         raise DatasetError(f"{path}: missing (not an OpenLane-V2 subset_A root)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: not an OpenLane-V2 data dict (a JSON "
+                           f"{type(data).__name__}, expected an object of splits)")
     for split in ("train", "val"):
         if not isinstance(data.get(split), dict) or not data[split]:
             raise DatasetError(f"{path}: field '{split}' has no segments")
+        for seg, stamps in data[split].items():
+            if not isinstance(stamps, list) or not all(isinstance(t, str) for t in stamps):
+                raise DatasetError(f"{path}: field '{split}.{seg}' is not a list of frame "
+                                   f"file names")
     return data
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file; DatasetError naming it when it is not JSON (truncated, not UTF-8)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc})") from None
 
 
 def collection_path(root: Path, split: str, cache_dir: Path, collect: Callable[..., None],
@@ -67,24 +80,27 @@ def collection_path(root: Path, split: str, cache_dir: Path, collect: Callable[.
     link = view / split
     if not link.exists():
         os.symlink(root / split, link, target_is_directory=True)
+    # collect() reads every info file and names none when one is broken: check them first.
     for seg, stamps in data_dict[split].items():
         for ts in stamps:
             info = root / split / seg / "info" / ts
             if not info.is_file():
                 raise DatasetError(f"{root / DATA_DICT}: {split}/{seg}/{ts} listed but "
                                    f"{info} is missing")
+            check_frame(_read_json(info), split, f"{info}:")
     collect(str(view), {split: data_dict[split]}, name, point_interval=POINT_INTERVAL[split])
     return out
 
 
 def load_collection(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    with open(path, "rb") as f:
-        frames = pickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            frames = pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as exc:
+        raise DatasetError(f"{path}: not an OpenLane-V2 collection pickle ({exc})") from None
     if not isinstance(frames, dict) or not frames:
         raise DatasetError(f"{path}: not an OpenLane-V2 collection (a non-empty dict)")
-    from workloads.datasets.checks import check_openlanev2_frames  # NaN/Inf points: one line
-
-    check_openlanev2_frames(frames, str(path))
+    check_frames(frames, str(path))  # also a collection found in the root, not collected here
     return frames
 
 
@@ -128,17 +144,23 @@ class OpenLaneV2Dataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _load(self, rel: str) -> tuple[Image.Image, tuple[int, int]]:
+    def _load(self, rel: str, key: tuple[str, str, str],
+              cam: str) -> tuple[Image.Image, tuple[int, int]]:
         """The image (possibly decoded at a reduced JPEG scale) and its source (W, H)."""
         path = self.root / rel
+        field = f"field 'sensor.{cam}.image_path' of frame {'/'.join(key)}"
         try:
-            img = Image.open(path)
-            size = img.size
-            h, w = self.input_size
-            img.draft("RGB", (w, h))  # JPEG DCT scaling: decode near the target size
-            return img.convert("RGB"), size
+            with Image.open(path) as img:
+                size = img.size
+                h, w = self.input_size
+                img.draft("RGB", (w, h))  # JPEG DCT scaling: decode near the target size
+                return img.convert("RGB"), size
         except FileNotFoundError:
-            raise DatasetError(f"{path}: image listed in the frame info is missing") from None
+            raise DatasetError(f"{path}: image missing ({field})") from None
+        except UnidentifiedImageError:  # random bytes, another file type
+            raise DatasetError(f"{path}: not an image ({field})") from None
+        except (OSError, ValueError) as exc:  # truncated, unsupported mode
+            raise DatasetError(f"{path}: cannot decode image ({field}): {exc}") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from workloads.datasets.bezier import fit_bezier_endpoints_fixed
@@ -158,7 +180,7 @@ class OpenLaneV2Dataset(torch.utils.data.Dataset):
                 raise DatasetError(f"frame {key}: field 'sensor.{cam}' is missing")
             cached = self._cache.get((index, cam)) if self._cache is not None else None
             if cached is None:
-                img, src = self._load(meta["image_path"])
+                img, src = self._load(meta["image_path"], key, cam)
                 img = img.resize((w, h), Image.BILINEAR)
                 cached = (torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), src)
                 if self._cache is not None:

@@ -22,6 +22,7 @@ from harness.start_weights import WeightLayout
 from workloads.datasets.coco import CocoDetection, SyntheticSpec, collate, write_synthetic_coco
 from workloads.layers.pretrained import DARKNET_LAYOUTS
 from workloads.yolov3.config import YOLOv3Config
+from workloads.yolov3.crowded import warn_crowded_image
 from workloads.yolov3.loss import yolov3_loss
 from workloads.yolov3.metric import coco_bbox_metrics, to_coco_results
 from workloads.yolov3.model import YOLOv3
@@ -80,6 +81,7 @@ class YOLOv3Workload(Workload):
             params = PipelineParams(scale_range=c.scale_range, flip_prob=c.flip_prob)
             transform = functools.partial(mmdet_train_pipeline, p=params)
         train = CocoDetection(root, "train", c.input_size, flip_prob=c.flip_prob, transform=transform)
+        warn_crowded_image(train, max(c.input_size, c.scale_range[1]))
         if c.test_resize == "keep_ratio":  # mmdet's test pipeline: keep-ratio resize, pad to 32
             val = KeepRatioCocoDetection(root, "val", c.input_size)
         else:
