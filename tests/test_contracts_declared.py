@@ -45,6 +45,10 @@ NOT_PLUGIN_PROBES: dict[tuple[str, str], str] = {
         "importlib.metadata entry point (no dist on older Pythons)",
     ("harness/plugins.py", "getattr(pm.hook, _HOOK[kind])"): "pluggy's hook relay, by hook name",
     ("harness/records.py", "getattr(self, f.name)"): "the record's own fields, by name",
+    ("harness/resume_changes.py", "getattr(scheduler, 'base_lrs', old_base)"):
+        "a torch LR scheduler's base rates (not a plugin object's capability)",
+    ("harness/resume_changes.py", "getattr(scheduler, '_get_closed_form_lr', None)"):
+        "torch's closed-form schedules (MultiStepLR...), where the scheduler class has one",
     ("harness/workload_config.py", "getattr(config, name, getattr(WorkloadConfig, name))"):
         "a declared config field, with its declared default for configs that predate it",
     ("harness/workload_config.py", "getattr(WorkloadConfig, name)"): "the declared default",

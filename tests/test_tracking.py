@@ -157,3 +157,16 @@ def test_a_tracker_failing_mid_run_is_disabled_after_one_warning(
     assert calls == [1, 2, 3]
     warnings = _warnings(capsys.readouterr().err)
     assert len(warnings) == 1 and "No space left on device" in warnings[0]
+
+
+def test_a_password_in_the_tracking_uri_is_masked_in_the_record() -> None:
+    from harness.config import RunConfig, is_masked, mask_password
+
+    uri = "https://alice:s3cret@mlflow.example:5000/api"
+    cfg = RunConfig(workload="tiny", plugin_options=(("track_uri", uri), ("track", "mlflow")))
+    recorded = dict(cfg.to_dict()["plugin_options"])
+    assert recorded["track_uri"] == "https://alice:***@mlflow.example:5000/api"
+    assert "s3cret" not in str(cfg.to_dict())
+    assert is_masked(recorded["track_uri"]) and not is_masked(uri)
+    for plain in ("http://host:5000", "sqlite:///x.db", "https://bob@host", 3, None):
+        assert mask_password(plain) == plain
