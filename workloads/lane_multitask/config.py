@@ -24,6 +24,23 @@ class LanesConfig(WorkloadConfig):
     backbone_weights: str = ""
     init_checkpoint: str = ""
     fpn_channels: int = 64
+    # GANet's neck (cfg:69-86, dcn_fpn.py; model.py, ganet_neck.py). Off by default (smoke);
+    # `full` turns them on. The C5 attention encoder's widths and query/key reduction:
+    c5_attention: bool = False
+    c5_attn_channels: tuple[int, ...] = (64, 64)  # trans_cfg attn_out_dims
+    c5_attn_reduction: int = 4  # trans_cfg ratios
+    # The LFA (LanePointsConv) at stride 8: points per location (dcn_point_num[0]), its conv
+    # width (dconv_cfg None -> 256), stacked convs, the points' gradient scale into the DCN
+    lfa: bool = False
+    lfa_points: int = 7
+    lfa_channels: int = 256
+    lfa_stacked_convs: int = 3
+    lfa_gradient_mul: float = 0.1
+    # its auxiliary targets: samples per lane at stride 8 (sample_per_lane[0] =
+    # sample_gt_points[0]) and CollectLanePoints' max_lane_num
+    lfa_lane_samples: int = 41
+    lfa_max_lanes: int = 6
+    fpn_out_bn_relu: bool = True  # GANet's fpn_convs have neither (norm_cfg/act_cfg None)
     head_channels: int = 64  # GANet's CtnetHead head_conv (= branch_in_channels)
     seg_channels: int = 32
     # -- input: crop rows [crop_top * H, H) of the source frame, resize to input_size --
@@ -35,6 +52,8 @@ class LanesConfig(WorkloadConfig):
     mean_bgr: tuple[float, float, float] = (75.3, 76.6, 77.6)
     std_bgr: tuple[float, float, float] = (50.5, 53.8, 54.3)
     flip_prob: float = 0.5
+    # GANet's photometric and affine train augmentations (cfg:114-154; augment.py)
+    augment: bool = False
     # where the drivable masks come from: resolved from the data ("files", "derived", "mixed")
     drivable_source: Literal["auto", "files", "derived", "mixed"] = "auto"
     cache_decoded: bool = False  # keep decoded, resized frames in memory (small datasets)
@@ -47,6 +66,7 @@ class LanesConfig(WorkloadConfig):
     weight_point: float = 1.0
     weight_error: float = 1.0
     weight_offset: float = 0.5
+    weight_aux: float = 0.2  # 4_smoothl1loss, the LFA's points (only with lfa)
     weight_seg_bce: float = 1.0
     weight_seg_dice: float = 1.0
     loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
@@ -94,6 +114,16 @@ class LanesConfig(WorkloadConfig):
             value = getattr(self, name)
             require(0 <= value <= 1, name, value, "must be in [0, 1]")
         require(min(self.std_bgr) > 0, "std_bgr", self.std_bgr, "must be > 0")
+        require(self.lfa_points % 2 == 1, "lfa_points", self.lfa_points, "must be odd")
+        for name in ("lfa_channels", "lfa_stacked_convs", "lfa_max_lanes", "c5_attn_reduction"):
+            value = getattr(self, name)
+            require(value >= 1, name, value, "must be >= 1")
+        require(self.lfa_lane_samples >= 2, "lfa_lane_samples", self.lfa_lane_samples,
+                "must be >= 2")
+        require(len(self.c5_attn_channels) >= 1 and all(
+            c % 4 == 0 and c % self.c5_attn_reduction == 0 for c in self.c5_attn_channels),
+            "c5_attn_channels", self.c5_attn_channels,
+            "must be one or more widths divisible by 4 (the position code) and c5_attn_reduction")
         require(self.gamma > 0, "gamma", self.gamma, "must be > 0")
         require(all(0 <= m <= 1 for m in self.milestones) and
                 list(self.milestones) == sorted(self.milestones), "milestones",
@@ -105,19 +135,22 @@ class LanesConfig(WorkloadConfig):
 
     @classmethod
     def full(cls) -> LanesConfig:
-        """GANet-S on TuSimple: ResNet-18, FPN to stride 8 (64 ch), 320x800 crop input,
-        40x100 heatmaps, GANet's losses, Adam 1e-4 with its step schedule, batch 32. Not
-        reproduced: the transformer encoder on C5 and the LFA module (1-D deformable conv with
-        its 4_smoothl1loss), the ImageNet initialisation, and GANet's photometric and affine
-        augmentations (only the horizontal flip is kept)."""
-        return cls()
+        """GANet-S on TuSimple: ResNet-18, GANet's neck (the attention encoder on C5, FPN to
+        stride 8 with 64 channels, the LFA with its auxiliary loss, offset heads on the pre-LFA
+        map, a plain output conv), 320x800 crop input, 40x100 heatmaps, GANet's losses and
+        photometric/affine augmentations, Adam 1e-4 with its step schedule, batch 32. Not
+        reproduced: the ImageNet initialisation (random unless backbone_weights is set), the
+        stage-1 freeze and norm_eval."""
+        return cls(c5_attention=True, lfa=True, fpn_out_bn_relu=False, augment=True)
 
     @classmethod
     def smoke(cls) -> LanesConfig:
         """The same architecture narrowed (base 16 channels, one block per stage, 32-ch FPN)
         at a 160x400 crop input (20x50 heatmaps), on synthetic road scenes; trains on 2 CPU
         cores in a few minutes. Departures chosen for speed of convergence: lr 2e-3 and a
-        cosine-free step schedule over far fewer steps."""
+        cosine-free step schedule over far fewer steps. GANet's C5 attention, LFA (and its
+        auxiliary loss) and photometric/affine augmentations stay off (the defaults), and the
+        output conv keeps BN + ReLU: the smoke rows were measured so."""
         return cls(
             base_channels=16, stage_blocks=(1, 1, 1, 1), fpn_channels=32, head_channels=32,
             seg_channels=16, input_size=(160, 400), cache_decoded=True,

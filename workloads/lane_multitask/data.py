@@ -1,10 +1,13 @@
-"""TuSimple frames as training/eval samples: crop, resize, flip, GANet targets, drivable mask.
+"""TuSimple frames as training/eval samples: crop, resize, flip, augment, GANet targets, mask.
 
 The crop keeps rows [round(crop_top * H), H) of the source frame (GANet: 160:720 of 720),
 then resizes to input_size (bilinear image, nearest mask); lane points follow the same map
-(points above the crop are dropped, as albumentations drops invisible keypoints). Samples are
-dicts of tensors: images uint8 (3, H, W), drivable uint8 (H, W), the GANet targets at the
-heatmap size, and the frame index (metadata stays with the dataset).
+(points above the crop are dropped). In training: the horizontal flip (flip_prob), then with
+`augment` GANet's photometric and affine ops (augment.py) on image, mask and lane points
+together, drawn from a numpy Generator seeded by one draw of the harness-seeded torch RNG.
+Samples are dicts of tensors: images uint8 (3, H, W), drivable uint8 (H, W), the GANet targets
+at the heatmap size (with `lfa`, also the LFA's `lane_points`), and the frame index (metadata
+stays with the dataset).
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from PIL import Image
 
 from harness.errors import DatasetError
 from workloads.datasets.tusimple import LaneFrame, drivable_mask
+from workloads.lane_multitask.augment import ganet_augment
 from workloads.lane_multitask.config import LanesConfig
-from workloads.lane_multitask.targets import lane_targets
+from workloads.lane_multitask.targets import lane_targets, lfa_lane_points
 
 
 def crop_top_px(cfg: LanesConfig) -> int:
@@ -75,6 +79,9 @@ class LaneDataset(torch.utils.data.Dataset):
             image, mask = image[:, ::-1], mask[:, ::-1]
             w_in = cfg.input_size[1]
             lanes = [np.stack([w_in - 1 - p[:, 0], p[:, 1]], 1) for p in lanes]
+        if self.train and cfg.augment:
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+            image, mask, lanes = ganet_augment(image, mask, lanes, rng)
         sample: dict[str, Any] = {
             "images": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "drivable": torch.from_numpy(np.array(mask, copy=True)),
@@ -84,6 +91,9 @@ class LaneDataset(torch.utils.data.Dataset):
             targets = lane_targets(lanes, cfg.hm_size, cfg.hm_stride, cfg.radius,
                                    cfg.root_radius, cfg.joint_weights)
             sample.update({k: torch.from_numpy(v) for k, v in targets.items()})
+            if cfg.lfa:
+                sample["lane_points"] = torch.from_numpy(lfa_lane_points(
+                    lanes, cfg.hm_size, cfg.hm_stride, cfg.lfa_lane_samples, cfg.lfa_max_lanes))
         return sample
 
 

@@ -95,3 +95,28 @@ def lane_targets(lanes: list[np.ndarray], hm_size: tuple[int, int], stride: int,
             t["pts_offset"][:, iy, ix] = (start[0] - x, start[1] - y)
         draw_gaussian(t["gt_cpts_hm"][0], (int(start[0]), int(start[1])), root_radius)
     return t
+
+
+def lfa_lane_points(lanes: list[np.ndarray], hm_size: tuple[int, int], stride: int,
+                    samples: int = 41, max_lanes: int = 6) -> np.ndarray:
+    """The LFA's auxiliary targets, GANet's `lane_points_l0` (CollectLanePoints.target,
+    lane_formating.py:435-457): per lane (input pixels), divided by the stride, the same cubic
+    fit as the heatmaps with `samples` points top-down, clipped into the map, truncated to
+    integer cells, as (y, x). Returns (max_lanes, samples, 2) float32, -1 where no lane (GANet
+    fails beyond max_lane_num lanes; the first max_lanes are kept here)."""
+    hm_h, hm_w = hm_size
+    out = -np.ones((max_lanes, samples, 2), np.float32)
+    row = 0
+    for lane in lanes:
+        if row == max_lanes:
+            break
+        if len(lane) < 2:
+            continue
+        fitted = fit_lane(np.asarray(lane, np.float64) / stride, hm_h, hm_w, samples)
+        if fitted is None:
+            continue
+        x = np.clip(fitted[:, 0], 0, hm_w - 1)
+        y = np.clip(fitted[:, 1], 0, hm_h - 1)
+        out[row] = np.stack([y, x], 1).astype(np.int32)
+        row += 1
+    return out
