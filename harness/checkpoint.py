@@ -165,7 +165,7 @@ def resume_hint(out_dir: Path) -> str:
     found = list_checkpoints(out_dir)
     if not found:
         return ("it cannot be resumed: it wrote no periodic checkpoint (off by default for "
-                "smoke; --checkpoint-interval N writes them; Ctrl-C once finishes the step "
+                "smoke; --checkpoint-interval N writes them; Ctrl-C or SIGTERM once finishes the step "
                 "and writes one)")
     step, path = found[-1]
     return f"continue from {path.name} (step {step}) with: harness run --resume {out_dir}"

@@ -2,7 +2,7 @@
 
 A job claims its folder (the caller, who knows its refusal rules), then `Job`:
 writes the running record (and refuses to start when nothing can be recorded), turns
-SIGTERM into an interruption and, for training, makes the first Ctrl-C finish the step,
+SIGTERM into an interruption and, for training, makes the first Ctrl-C or SIGTERM finish the step,
 runs the phases, and whatever happens fills in the record, writes it (to a fallback path
 when the folder cannot take it), runs each teardown step guarded on its own, releases the
 folder and raises the first error with the record's path attached. One status mapping:
@@ -97,47 +97,38 @@ SIGNAL_STOP = "received signal"  # how the line of a run a signal stopped at onc
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (schedulers, CI cancel) ends the job like SIGINT: with a record."""
+def signals_finish_the_step(progress: dict[str, Any], enabled: bool) -> Iterator[None]:
+    """The first Ctrl-C or SIGTERM (a scheduler's preemption, a CI cancel, the launcher passing
+    either on to every rank) during training: finish the step, write a checkpoint and the
+    record (status interrupted, resumable). A second signal, or one outside the training loop
+    (or where `enabled` is false: eval): stop at once, still with a record. Under --nproc every
+    worker gets the signal from the launcher, maybe in different steps: the loop's
+    `strategy.any_rank` makes all of them stop after the same one."""
     def handler(signum: int, frame: Any) -> None:
-        raise RunInterrupted(f"{SIGNAL_STOP} {signal.Signals(signum).name}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def first_sigint_finishes_the_step(progress: dict[str, Any], enabled: bool) -> Iterator[None]:
-    """Ctrl-C once during training: finish the step, write a checkpoint and the record
-    (status interrupted, resumable); twice, or outside the training loop: stop at once.
-    Under --nproc every worker gets the SIGINT from the launcher, maybe in different steps:
-    the loop's `strategy.any_rank` makes all of them stop after the same one."""
-    def handler(signum: int, frame: Any) -> None:
-        if progress.get("training") and not progress.get("stop_requested"):
-            progress["stop_requested"] = True
-            print(f"\n[harness] interrupt: finishing step {progress.get('step')}, then writing "
-                  f"a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        if enabled and progress.get("training") and not progress.get("stop_requested"):
+            progress["stop_requested"] = name  # the loop's stop line names it
+            again = "Ctrl-C" if signum == signal.SIGINT else name
+            print(f"\n[harness] {name}: finishing step {progress.get('step')}, then writing "
+                  f"a checkpoint ({again} again to stop at once)", file=sys.stderr, flush=True)
             return
-        raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise RunInterrupted(f"{SIGNAL_STOP} {name}")
 
-    previous = None
-    if enabled:
-        try:
-            previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            enabled = False
+    previous: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGINT is left to Python's KeyboardInterrupt where the step need not finish.
+            if sig == signal.SIGTERM or enabled:
+                previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
     try:
         yield
     finally:
-        if enabled:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
 
 
 class Job:
@@ -180,8 +171,7 @@ class Job:
         """Run `phases`; then, whatever happened: `finish` fills in what was measured, the
         record is written, each `teardown` step runs guarded; the first error is raised."""
         record, ending = self.record, self.ending
-        with sigterm_as_interrupt(), first_sigint_finishes_the_step(self.progress,
-                                                                    ctrl_c_finishes_step):
+        with signals_finish_the_step(self.progress, ctrl_c_finishes_step):
             try:
                 phases()
                 record.status = "ok"

@@ -192,7 +192,8 @@ class Trainer:
             self.step(step)
             self.between_steps()
             if self.stop_now:
-                raise RunInterrupted(f"interrupted: stopped after step {run.step} with a "
+                raise RunInterrupted(f"interrupted by {self.progress.get('stop_requested')}: "
+                                     f"stopped after step {run.step} with a "
                                      f"checkpoint; continue with: harness run --resume "
                                      f"{run.out_dir}")
         self.progress["training"] = False

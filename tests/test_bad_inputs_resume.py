@@ -113,25 +113,32 @@ def test_fresh_settings_replace_the_checkpoints_and_keep_its_moments(schedule: s
     assert math.isclose(new_opt.param_groups[0]["lr"], 0.5e-4)  # step 5: still one halving
 
 
-@pytest.mark.parametrize("interval,says", [
-    ("0", "received signal SIGTERM; it cannot be resumed: it wrote no periodic checkpoint"),
-    ("5", "received signal SIGTERM; continue from step_5.pt (step 5) with: harness run "
-          "--resume {out}"),
-], ids=["no-checkpoint", "a-checkpoint"])
+@pytest.mark.parametrize("interval,twice,says", [
+    ("0", "", "interrupted by SIGTERM: stopped after step 8 with a checkpoint; continue with: "
+              "harness run --resume {out}"),
+    ("0", "1", "received signal SIGTERM; it cannot be resumed: it wrote no periodic checkpoint"),
+    ("5", "1", "received signal SIGTERM; continue from step_5.pt (step 5) with: harness run "
+               "--resume {out}"),
+], ids=["finishes-the-step", "twice-no-checkpoint", "twice-a-checkpoint"])
 def test_sigterm_says_whether_the_run_can_be_resumed(
-        interval: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        interval: str, twice: str, says: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 24 item 5: a smoke run stopped by SIGTERM left nothing to resume and its line
-    did not say so."""
+    did not say so. Now SIGTERM, like a first Ctrl-C, finishes the step with a checkpoint; a
+    second one stops at once and the line says whether the run can be resumed."""
     from harness import plugins
-    from tests.test_resume import KILL_AT
+    from tests.test_resume import KILL_AT, TWICE
 
     monkeypatch.setenv("HARNESS_PLUGINS", "tests.tiny_workload,tests.test_resume")
     plugins.get_plugin_manager.cache_clear()
     monkeypatch.setenv(KILL_AT, "7")  # tests/test_resume.py's hook: SIGTERM after step 7
+    if twice:
+        monkeypatch.setenv(TWICE, "1")
     out = tmp_path / "run"
     assert main(["run", "tiny_noisy", "--steps", "12", "--checkpoint-interval", interval,
                  "--no-eval", "--out", str(out)]) == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and says.format(out=out) in lines[0], lines
+    # The notice when the signal arrives, then one line for the ending.
+    assert len(lines) == 2 and "SIGTERM: finishing step" in lines[0], lines
+    assert says.format(out=out) in lines[1], lines
     plugins.get_plugin_manager.cache_clear()

@@ -27,6 +27,7 @@ from harness.safe_load import safe_torch_load
 from tests.tiny_workload import TinyConfig, TinyWorkload, _blobs
 
 KILL_AT = "RESUME_TEST_SIGTERM_AT"
+TWICE = "RESUME_TEST_SIGTERM_TWICE"
 
 
 class _Augmented(torch.utils.data.Dataset):
@@ -92,6 +93,8 @@ def harness_workloads() -> list[type]:
 def harness_step_end(run: Any, step: int) -> None:
     if str(step) == os.environ.get(KILL_AT):
         os.kill(os.getpid(), signal.SIGTERM)
+        if os.environ.get(TWICE):  # the second stops at once, as a second Ctrl-C does
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.fixture
@@ -126,27 +129,29 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(plugins_here: pyte
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*RUN, "--out", str(whole)]) == 0
     plugins_here.setenv(KILL_AT, "45")  # not a checkpoint step; in the second epoch
-    assert main([*RUN, "--out", str(cut)]) != 0
+    assert main([*RUN, "--out", str(cut)]) == 130
     plugins_here.delenv(KILL_AT)
     interrupted = _record(cut)
     assert interrupted["status"] == "interrupted"
+    # SIGTERM, like a first Ctrl-C, finishes the step it arrived in and checkpoints there.
+    assert "stopped after step 46 with a checkpoint" in interrupted["error"]
     names = sorted(p.name for p in (cut / "checkpoints").iterdir())
-    assert names == ["step_30.pt", "step_40.pt"]  # --keep-checkpoints 2; no temp file left
-    ckpt = safe_torch_load(cut / "checkpoints" / "step_40.pt")  # weights_only=True
-    assert ckpt["step"] == 40 and ckpt["epoch"] == 1 and ckpt["data"]["in_epoch"] == 8
+    assert names == ["step_40.pt", "step_46.pt"]  # --keep-checkpoints 2; no temp file left
+    ckpt = safe_torch_load(cut / "checkpoints" / "step_46.pt")  # weights_only=True
+    assert ckpt["step"] == 46 and ckpt["epoch"] == 1 and ckpt["data"]["in_epoch"] == 14
     assert set(ckpt["rng"]) == {"python", "numpy", "torch_cpu", "device"}
-    assert int(ckpt["workload_state"]["seen"]) == 41  # 40 steps + the FLOPs-counting call
+    assert int(ckpt["workload_state"]["seen"]) == 47  # 46 steps + the FLOPs-counting call
 
     # A truncated newest checkpoint: the resume falls back to the previous one.
     fallback = tmp_path / "fallback"
     shutil.copytree(cut, fallback)
-    newest = fallback / "checkpoints" / "step_40.pt"
+    newest = fallback / "checkpoints" / "step_46.pt"
     newest.write_bytes(newest.read_bytes()[:1000])
 
     assert main(["run", "--resume", str(cut)]) == 0
     assert main(["run", "--resume", str(fallback)]) == 0
     expected = _record(whole)
-    for out, step in ((cut, 40), (fallback, 30)):
+    for out, step in ((cut, 46), (fallback, 40)):
         resumed = _record(out)
         assert resumed["status"] == "ok"
         assert [r["step"] for r in resumed["resumed_from"]] == [step]
@@ -159,7 +164,7 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(plugins_here: pyte
         assert resumed["throughput"]["timed_steps"] == 50 - 2 - 2
         assert resumed["throughput"]["segments"] == 2
         assert resumed["started_at"] == interrupted["started_at"]
-    assert "skipped step_40.pt" in _record(fallback)["resumed_from"][0]["note"]
+    assert "skipped step_46.pt" in _record(fallback)["resumed_from"][0]["note"]
 
 
 def test_resume_refuses_a_finished_run_and_changed_options(plugins_here: pytest.MonkeyPatch,
@@ -185,6 +190,7 @@ def test_a_run_without_periodic_checkpoints_cannot_resume(plugins_here: pytest.M
                                                           capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     plugins_here.setenv(KILL_AT, "3")
+    plugins_here.setenv(TWICE, "1")  # stopped at once: no step-end checkpoint either
     assert main(["run", "tiny_noisy", "--steps", "6", "--out", str(out)]) != 0
     assert not (out / "checkpoints").exists()  # smoke: periodic checkpoints are off by default
     assert main(["run", "--resume", str(out)]) == 2
@@ -284,13 +290,13 @@ def test_yolov3_sigterm_then_resume_is_bit_exact(plugins_here: pytest.MonkeyPatc
             "--set", "synth_val_images=4", "--cache-dir", str(tmp_path / "cache")]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*args, "--out", str(whole)]) == 0
-    plugins_here.setenv(KILL_AT, "5")  # checkpoints at 2 and 4; killed after step 5
+    plugins_here.setenv(KILL_AT, "2")  # checkpoints at 2 and 4; SIGTERM in step 3 -> one at 3
     assert main([*args, "--out", str(cut)]) != 0
     plugins_here.delenv(KILL_AT)
     assert _record(cut)["status"] == "interrupted"
     assert main(["run", "--resume", str(cut)]) == 0
     resumed, expected = _record(cut), _record(whole)
-    assert [r["step"] for r in resumed["resumed_from"]] == [4]
+    assert [r["step"] for r in resumed["resumed_from"]] == [3]
     assert _loss_rows(resumed) == _loss_rows(expected)
     assert resumed["metrics"] == expected["metrics"]
     got, want = _weights(cut), _weights(whole)

@@ -69,7 +69,9 @@ def harness_step_end(run: Any, step: int) -> None:
         # worker -> torchrun -> the `harness run --nproc` parent, which forwards the signal
         # to torchrun, which passes it to every worker (as a CI runner's cancel would).
         os.kill(_parent_of(os.getppid()), signal.SIGTERM)
-    time.sleep(120)  # every rank waits here for the forwarded SIGTERM (it interrupts sleep)
+    # Every rank waits here until the forwarded SIGTERM has reached it; each then finishes
+    # its next step, and all stop after the same one (the loop's agreement), checkpointed.
+    time.sleep(5)
 
 
 def _harness(*args: str, env: dict[str, str], check: int | None = 0
@@ -95,15 +97,18 @@ def test_ddp_sigterm_then_resume_reproduces_the_uninterrupted_run(
            "OMP_NUM_THREADS": "1"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _harness(*RUN, "--out", str(whole), env=env)
-    # 16 batches per rank per epoch: checkpoints at 10 and 20, stopped after step 25 (epoch 1).
+    # 16 batches per rank per epoch: checkpoints at 10 and 20; SIGTERM after step 25, so
+    # every rank finishes step 26 and the run checkpoints there (epoch 1).
     _harness(*RUN, "--out", str(cut), env={**env, KILL_AT: "25"}, check=None)
-    assert [r["status"] for r in _records(cut)] == ["interrupted", "interrupted"]
-    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_10.pt", "step_20.pt"]
+    records = _records(cut)
+    assert [r["status"] for r in records] == ["interrupted", "interrupted"]
+    assert "interrupted by SIGTERM: stopped after step 26" in records[0]["error"]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_20.pt", "step_26.pt"]
 
-    ckpt = safe_torch_load(cut / "checkpoints" / "step_20.pt")  # weights_only=True
+    ckpt = safe_torch_load(cut / "checkpoints" / "step_26.pt")  # weights_only=True
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2 and "model" in ckpt
     rank0, rank1 = ckpt["ranks"]
-    assert rank0["data"]["in_epoch"] == rank1["data"]["in_epoch"] == 4
+    assert rank0["data"]["in_epoch"] == rank1["data"]["in_epoch"] == 10
     assert not torch.equal(rank0["rng"]["torch_cpu"], rank1["rng"]["torch_cpu"])
     assert int(rank0["workload_state"]["label_sum"]) != int(rank1["workload_state"]["label_sum"])
 
@@ -125,7 +130,7 @@ def test_ddp_sigterm_then_resume_reproduces_the_uninterrupted_run(
     expected = _records(whole)
     for got, want in zip(_records(cut), expected):
         assert got["status"] == "ok", got["error"]
-        assert [r["step"] for r in got["resumed_from"]] == [20]
+        assert [r["step"] for r in got["resumed_from"]] == [26]
         assert _loss_rows(got) == _loss_rows(want)
     resumed = _records(cut)[0]
     assert resumed["metrics"] == expected[0]["metrics"]
@@ -176,7 +181,8 @@ def test_streampetr_ddp_resume_restores_each_ranks_memory_queue(tmp_path: Path) 
             "--set", "synthetic_samples_per_scene=6", "--set", "synthetic_image_wh=320,180"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _harness(*args, "--out", str(whole), env=env)
-    _harness(*args, "--out", str(cut), env={**env, KILL_AT: "5"}, check=None)
+    # SIGTERM after step 3: every rank finishes step 4 (a periodic step too) and stops there.
+    _harness(*args, "--out", str(cut), env={**env, KILL_AT: "3"}, check=None)
     shares = safe_torch_load(cut / "checkpoints" / "step_4.pt")["ranks"]
     states = [share["workload_state"] for share in shares]
     assert states[0]["last"] != states[1]["last"]  # each rank's own slots

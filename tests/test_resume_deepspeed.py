@@ -70,11 +70,12 @@ def test_deepspeed_sigterm_then_resume_is_exact(tmp_path: Path, layout: str) -> 
     _harness(*args, "--out", str(cut), env={**env, kill: "25"}, check=None)
     assert json.loads((cut / "record.json").read_text())["status"] == "interrupted"
     engine_tags = cut / "checkpoints" / "deepspeed"
-    # --keep-checkpoints 1: step_10's engine folder went with its step file
-    assert [p.name for p in engine_tags.iterdir() if p.is_dir()] == ["step_20"]
-    assert [p.name for p in (cut / "checkpoints").glob("step_*.pt")] == ["step_20.pt"]
-    ckpt = safe_torch_load(cut / "checkpoints" / "step_20.pt")
-    assert ckpt["engine"] == {"dir": "deepspeed", "tag": "step_20"} and "model" not in ckpt
+    # SIGTERM after step 25: the step after it finishes and checkpoints (step 26);
+    # --keep-checkpoints 1: step_20's engine folder went with its step file
+    assert [p.name for p in engine_tags.iterdir() if p.is_dir()] == ["step_26"]
+    assert [p.name for p in (cut / "checkpoints").glob("step_*.pt")] == ["step_26.pt"]
+    ckpt = safe_torch_load(cut / "checkpoints" / "step_26.pt")
+    assert ckpt["engine"] == {"dir": "deepspeed", "tag": "step_26"} and "model" not in ckpt
 
     if layout == "single":  # a tampered engine file: refused, with the reason, never run
         from harness.checkpoint_dist import engine_problem
@@ -82,7 +83,7 @@ def test_deepspeed_sigterm_then_resume_is_exact(tmp_path: Path, layout: str) -> 
         tampered = tmp_path / "tampered"
         shutil.copytree(cut, tampered)
         marker = tmp_path / "code-ran"
-        target = next((tampered / "checkpoints" / "deepspeed" / "step_20").glob("*.pt"))
+        target = next((tampered / "checkpoints" / "deepspeed" / "step_26").glob("*.pt"))
         torch.save({"module": _RunsCode(marker)}, target)
         why = engine_problem(tampered, ckpt)
         assert why is not None and "refused" in why and "posix.system" in why
@@ -93,7 +94,7 @@ def test_deepspeed_sigterm_then_resume_is_exact(tmp_path: Path, layout: str) -> 
     for name in names:
         got, want = (json.loads((d / name).read_text()) for d in (cut, whole))
         assert got["status"] == "ok", got["error"]
-        assert [r["step"] for r in got["resumed_from"]] == [20]
+        assert [r["step"] for r in got["resumed_from"]] == [26]
         assert _loss_rows(got) == _loss_rows(want)
     resumed = json.loads((cut / "record.json").read_text())
     assert resumed["throughput"]["optimizer_steps"] == 30  # the engine's own count, restored

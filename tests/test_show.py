@@ -30,9 +30,10 @@ MINIMAL_RECORD = {"schema": SCHEMA, "kind": "train", "scale": "smoke", "backend"
                   "precision": "fp32"}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("show-cache")
+@pytest.fixture
+def cache(harness_cache: Path) -> Path:
+    """The session's synthetic-data cache: the smoke data the gate tests wrote is reused."""
+    return harness_cache
 
 
 def _run(workload: str, out: Path, cache: Path) -> Path:

@@ -40,6 +40,8 @@ def test_training_gt_outside_pc_range_is_dropped(tmp_path: Path) -> None:
     assert (val_xy.abs() >= half).any()
 
 
+# `slow` (CI budget): minutes on a loaded 2-core machine; the smoke gate trains the same path.
+@pytest.mark.slow
 def test_3d_head_overfits_a_few_frames(tmp_path: Path) -> None:
     """Four frames, no memory, 120 steps (~35 s on a loaded 2-core machine): matched and DN
     3D losses fall clearly (measured ratios last/first: cls 0.43, bbox 0.60, dn_cls 0.41,

@@ -1,69 +1,27 @@
 """Regenerate mmdet_yolov3_d53_manifest.txt: the names and shapes of mmdetection's own YOLOv3
 state dict, built by mmdet 3.3.0's registry from configs/yolo/yolov3_d53_8xb8-ms-608-273e_coco.py.
 
-Runs only where mmdet is importable (it is not a dependency of this project), e.g.
+Runs where mmdet is importable (the README's install brings it, on mmcv-lite), e.g.
 
-    pip install --target /work/mmdet_pkgs --no-deps mmcv-lite==2.1.0 mmengine==0.10.7 \
-        mmdet==3.3.0 addict yapf rich terminaltables six pyyaml platformdirs markdown-it-py \
-        mdurl pygments
-    PYTHONPATH=/work/mmdet_pkgs python -m workloads.yolov3.make_mmdet_manifest
+    python -m workloads.yolov3.make_mmdet_manifest
 
 `build_mmdet_yolov3()` is also what test_mmdet_layout.py's `original` test uses.
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
-import types
 from pathlib import Path
 
 CONFIG = "yolo/yolov3_d53_8xb8-ms-608-273e_coco.py"
 MANIFEST = Path(__file__).with_name("mmdet_yolov3_d53_manifest.txt")
 
 
-class _OpPlaceholderModule(types.ModuleType):
-    """An `mmcv.ops.*` module: every public name is a placeholder class.
-
-    mmcv-lite ships no compiled `mmcv._ext`, so `mmcv.ops` fails to import, and mmdet imports
-    names from it at module level (RoIAlign, nms, DeformConv2d, ...) all over its package,
-    although the YOLOv3 network calls none of them. A class (not a function) because mmdet
-    subclasses some of them and registers others in its registries (which want a class);
-    instantiating or calling one raises, so a real use of an op cannot go unnoticed."""
-
-    def __getattr__(self, name: str) -> type:
-        if name.startswith("__"):  # __path__, __all__, __file__ ...: module machinery
-            raise AttributeError(name)
-        qualname = f"{self.__name__}.{name}"
-
-        def unavailable(*args: object, **kwargs: object) -> None:
-            raise RuntimeError(f"{qualname} is a placeholder: mmcv-lite has no compiled ops")
-
-        placeholder = type(name, (), {"__init__": unavailable, "__module__": self.__name__})
-        setattr(self, name, placeholder)  # the same object on every access
-        return placeholder
-
-
-class _OpPlaceholderFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers `mmcv.ops` and every `mmcv.ops.*` import with an _OpPlaceholderModule, ahead of
-    the real files (which would import mmcv._ext)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "mmcv.ops" or fullname.startswith("mmcv.ops."):
-            # A package (empty search path), so `import mmcv.ops.nms` also comes here.
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        return _OpPlaceholderModule(spec.name)
-
-    def exec_module(self, module):
-        pass
-
-
 def install_op_placeholders() -> None:
-    if not any(isinstance(f, _OpPlaceholderFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _OpPlaceholderFinder())
+    """mmcv-lite ships no compiled `mmcv._ext`, so `mmcv.ops` fails to import and mmdet
+    imports names from it all over its package: the portable ops take its place
+    (workloads/openmmlab/mmcv_ops_shim.py; the YOLOv3 network itself calls none of them)."""
+    from workloads.openmmlab.mmcv_ops_shim import install
+
+    install()
 
 
 def build_mmdet_yolov3(num_classes: int = 80):
