@@ -114,10 +114,12 @@ def test_fcos3d_config_trains_evaluates_and_its_predictions_rescore(tmp_path: Pa
     out = tmp_path / "run"
     # Smaller images and ResNet-50 (still DCNv2 in stages 3-4) keep the run short on a CPU;
     # the code path is the one --data takes at 1600x900. Thresholds low so that an untrained
-    # head writes boxes to re-score.
+    # head writes boxes to re-score, and
+    # few candidates per level (the portable rotated NMS runs on the host).
     options = ["train_dataloader.dataset.pipeline.2.scale=(480,270)",
                "val_dataloader.dataset.pipeline.1.scale_factor=0.3",
                "model.backbone.depth=50", "model.test_cfg.score_thr=0.0",
+               "model.test_cfg.nms_pre=50",
                "model.test_cfg.max_per_img=20"]
     args = ["run", f"mmdet3d:{config}", "--backend", "cpu", "--data", str(root), "--steps",
             "2", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
