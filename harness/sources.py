@@ -10,7 +10,9 @@ from pathlib import Path
 # source prefix -> (modules it needs, the module whose register_all_modules fills the registries)
 STACKS: dict[str, tuple[tuple[str, ...], str]] = {
     "mmdet": (("mmengine", "mmcv", "mmdet"), "mmdet.utils"),
-    "mmdet3d": (("mmengine", "mmcv", "mmdet", "mmdet3d"), "mmdet3d.utils"),
+    # mmdet3d imports numba, trimesh, lyft_dataset_sdk and nuscenes at `import mmdet3d.models`
+    "mmdet3d": (("mmengine", "mmcv", "mmdet", "mmdet3d", "numba", "trimesh", "lyft_dataset_sdk",
+                 "nuscenes"), "mmdet3d.utils"),
 }
 _INSTALL = ('pip install -e ".[mmdet]" "numpy<2" && pip install --no-deps mmengine==0.10.7 '
             'mmcv-lite==2.1.0 mmdet==3.3.0')
@@ -36,8 +38,12 @@ def missing(stack: str) -> list[str]:
     return [m for m in STACKS[stack][0] if importlib.util.find_spec(m) is None]
 
 
+_INSTALL_3D = (" mmdet3d==1.4.0 lyft_dataset_sdk==0.0.8 trimesh && pip install numba "
+               "nuscenes-devkit")
+
+
 def install_line(stack: str) -> str:
-    return _INSTALL + (" mmdet3d==1.4.0" if stack == "mmdet3d" else "")
+    return _INSTALL + (_INSTALL_3D if stack == "mmdet3d" else "")
 
 
 def inventory() -> list[dict[str, object]]:

@@ -6,9 +6,18 @@ puts an import finder at the front of sys.meta_path that answers for `mmcv.ops` 
 each `mmcv.ops.<submodule>` of ops_catalog.CATALOG with a module built from
 workloads.openmmlab.ops. Nothing in site-packages is touched; uninstall() undoes it.
 
+The finder also answers `mmcv._ext` where no compiled extension exists: some model code
+loads the extension itself at import (mmdet3d's voxelize.py calls
+`mmcv.utils.ext_loader.load_ext('_ext', [...])`, whatever the config). The stand-in's
+attributes are functions that raise NotImplementedError naming the kernel when called; its
+`PORTABLE_STANDIN` marker tells it from a compiled extension (compiled_ops_available()).
+With it findable, mmengine's `mmcv_full_available()` says yes, so its optimizer constructor
+applies `dcn_offset_lr_mult` to the portable deformable convs as it would to mmcv's.
+
 Where the compiled extension imports, install() does nothing unless forced: the real ops
 are the reference, and substituting them silently would change what a run measures.
-Modules that imported an op before a forced install keep the object they imported.
+Modules that imported an op before a forced install keep the object they imported; a
+forced install never shadows a compiled `mmcv._ext`.
 """
 from __future__ import annotations
 
@@ -17,11 +26,13 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
-from typing import Sequence
+from typing import Any, NoReturn, Sequence
 
 from workloads.openmmlab.ops_catalog import CATALOG, SUBMODULE_ONLY
 
 PACKAGE = "mmcv.ops"
+EXT = "mmcv._ext"
+MARKER = "PORTABLE_STANDIN"  # set (True) on the stand-in extension only
 # mmcv registers its deformable convs under these names in mmengine's MODELS (the names
 # conv_cfg/dcn dicts of configs use).
 REGISTERED = (("DCN", "DeformConv2dPack"), ("DCNv2", "ModulatedDeformConv2dPack"))
@@ -35,6 +46,9 @@ class _PortableOpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                   target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname == PACKAGE:
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        if fullname == EXT:
+            return None if _real_ext_spec(path) is not None else (
+                importlib.machinery.ModuleSpec(fullname, self))
         parent, _, child = fullname.rpartition(".")
         if parent == PACKAGE and child in CATALOG:
             return importlib.machinery.ModuleSpec(fullname, self)
@@ -46,6 +60,9 @@ class _PortableOpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         from workloads.openmmlab import ops
 
+        if module.__name__ == EXT:
+            _make_ext_standin(module)
+            return
         if module.__name__ == PACKAGE:
             # Load every submodule first, as a real package's __init__ does: loading one
             # binds its name on the package (mmcv.ops.nms = <module>), and the names bound
@@ -66,6 +83,57 @@ class _PortableOpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 _FINDER = _PortableOpsFinder()
 
 
+def _real_ext_spec(path: Sequence[str] | None = None) -> importlib.machinery.ModuleSpec | None:
+    """The spec of a compiled `mmcv._ext` (in the mmcv package's `path`), asking every
+    finder but ours."""
+    if path is None:
+        try:
+            path = importlib.import_module("mmcv").__path__
+        except ImportError:
+            return None
+    return _find_without_us(EXT, path)
+
+
+def _find_without_us(name: str, path: Sequence[str] | None) -> importlib.machinery.ModuleSpec | None:
+    for finder in sys.meta_path:
+        if finder is _FINDER or not hasattr(finder, "find_spec"):
+            continue
+        spec = finder.find_spec(name, path)
+        if spec is not None:
+            return spec
+    return None
+
+
+def _missing_kernel(name: str) -> Any:
+    def kernel(*args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError(
+            f"mmcv._ext.{name}: mmcv's compiled kernel is not installed here (mmcv-lite); "
+            "its portable replacements are the mmcv.ops of docs/openmmlab.md")
+    kernel.__name__ = kernel.__qualname__ = name
+    return kernel
+
+
+def _make_ext_standin(module: types.ModuleType) -> None:
+    """`mmcv._ext` without compiled code: every kernel name resolves (load_ext's hasattr
+    checks pass) to a function raising NotImplementedError when called."""
+    def __getattr__(name: str) -> Any:  # PEP 562
+        if name.startswith("__"):
+            raise AttributeError(f"module {EXT!r} has no attribute {name!r}")
+        kernel = _missing_kernel(name)
+        setattr(module, name, kernel)
+        return kernel
+
+    setattr(module, MARKER, True)
+    setattr(module, "__getattr__", __getattr__)
+    module.__doc__ = ("Stand-in for mmcv's compiled extension (workloads.openmmlab."
+                      "mmcv_ops_shim): every kernel raises NotImplementedError when called.")
+
+
+def is_standin(module: object) -> bool:
+    """Whether `module` is the shim's stand-in `mmcv._ext`."""
+    return getattr(module, "__dict__", {}).get(MARKER) is True
+
+
 def _register_with_mmengine(ops: types.ModuleType) -> None:
     """Register the deformable convs where the real mmcv.ops registers them."""
     try:
@@ -78,14 +146,18 @@ def _register_with_mmengine(ops: types.ModuleType) -> None:
 
 
 def compiled_ops_available() -> bool:
-    """Whether mmcv's compiled extension (mmcv._ext) imports here."""
-    if "mmcv._ext" in sys.modules:
-        return True
+    """Whether mmcv's compiled extension (mmcv._ext) imports here (the shim's stand-in
+    does not count)."""
+    loaded = sys.modules.get(EXT)
+    if loaded is not None:
+        return not is_standin(loaded)
+    if _real_ext_spec() is None:
+        return False  # (with the shim installed, importing would make the stand-in)
     try:
-        importlib.import_module("mmcv._ext")
+        ext = importlib.import_module(EXT)
     except (ImportError, OSError):  # OSError: the library exists but cannot be loaded
         return False
-    return True
+    return not is_standin(ext)
 
 
 def installed() -> bool:
@@ -98,13 +170,18 @@ def _ours(module: types.ModuleType | None) -> bool:
 
 
 def _forget(only_ours: bool) -> None:
-    """Drop `mmcv.ops` and its submodules from sys.modules and from the mmcv package."""
+    """Drop `mmcv.ops` and its submodules from sys.modules and from the mmcv package, and
+    the stand-in `mmcv._ext` (a compiled one stays)."""
     for name in [n for n in sys.modules if n == PACKAGE or n.startswith(PACKAGE + ".")]:
         if not only_ours or _ours(sys.modules[name]):
             del sys.modules[name]
+    if is_standin(sys.modules.get(EXT)):
+        del sys.modules[EXT]
     parent = sys.modules.get("mmcv")
     if parent is not None and "ops" in vars(parent) and (not only_ours or _ours(parent.ops)):
         delattr(parent, "ops")
+    if parent is not None and is_standin(vars(parent).get("_ext")):
+        delattr(parent, "_ext")
 
 
 def install(force: bool = False) -> str:

@@ -87,6 +87,30 @@ def test_uninstall_leaves_sys_modules_as_without_the_shim(fake_mmcv: Path) -> No
         importlib.import_module("mmcv.ops")
 
 
+def test_a_stand_in_extension_loads_and_fails_only_when_a_kernel_is_called(
+        fake_mmcv: Path) -> None:
+    """mmdet3d loads `mmcv._ext` itself at import (voxelize.py: load_ext('_ext', [...]))."""
+    assert mmcv_ops_shim.install() == "installed"
+    import mmcv
+
+    ext = importlib.import_module("mmcv._ext")
+    assert mmcv_ops_shim.is_standin(ext) and ext.PORTABLE_STANDIN is True
+    for kernel in ("hard_voxelize_forward", "dynamic_voxelize_forward"):
+        assert hasattr(ext, kernel)  # what load_ext asserts
+    with pytest.raises(NotImplementedError, match="mmcv._ext.hard_voxelize_forward"):
+        ext.hard_voxelize_forward(torch.zeros(1))
+    with pytest.raises(AttributeError):
+        ext.__wrapped__  # dunder look-ups (inspect, pickle) are not kernels
+    # The stand-in is not a compiled extension, loaded or not.
+    assert not mmcv_ops_shim.compiled_ops_available()
+    assert mmcv_ops_shim.install() == "already installed"
+    mmcv_ops_shim.uninstall()
+    assert "mmcv._ext" not in sys.modules and "_ext" not in vars(mmcv)
+    assert not mmcv_ops_shim.compiled_ops_available()
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("mmcv._ext")
+
+
 def test_compiled_mmcv_is_left_alone_unless_forced(fake_mmcv: Path) -> None:
     (fake_mmcv / "_ext.py").write_text("COMPILED = True\n")
     (fake_mmcv / "ops.py").write_text("REAL = True\n")
@@ -100,7 +124,12 @@ def test_compiled_mmcv_is_left_alone_unless_forced(fake_mmcv: Path) -> None:
     import mmcv.ops as forced
 
     assert forced.nms is ops.nms and not hasattr(forced, "REAL")
+    import mmcv._ext  # a forced install never shadows the compiled extension
+
+    assert mmcv._ext.COMPILED and not mmcv_ops_shim.is_standin(mmcv._ext)
+    assert mmcv_ops_shim.compiled_ops_available()
     mmcv_ops_shim.uninstall()
+    assert sys.modules["mmcv._ext"].COMPILED
     import mmcv.ops as again
 
     assert again.REAL  # the real module is found again

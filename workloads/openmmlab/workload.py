@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,14 +27,25 @@ from harness.errors import DatasetError, UsageError
 from harness.sources import STACKS
 from harness.workload_config import WorkloadConfig
 from workloads.openmmlab import mmconfig
+from workloads.openmmlab import mmdet3d_infos as nus_infos
 from workloads.openmmlab.stack import activate
 
 # Metrics of the evaluators the tested configs use, and which way is better.
+# NuScenesMetric's keys: "<prefix>/<result name>_NuScenes/<name>" (mmdet3d 1.4's
+# _evaluate_single), summary and per class (the nuScenes detection classes).
+_NUS = "NuScenes metric/pred_instances_3d_NuScenes/"
+_NUS_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 KNOWN_METRICS: dict[str, dict[str, str]] = {
     "CocoMetric": {f"coco/bbox_{k}": "higher" for k in
                    ("mAP", "mAP_50", "mAP_75", "mAP_s", "mAP_m", "mAP_l")},
+    "NuScenesMetric": {
+        _NUS + "NDS": "higher", _NUS + "mAP": "higher",
+        **{_NUS + k: "lower" for k in ("mATE", "mASE", "mAOE", "mAVE", "mAAE")},
+        **{f"{_NUS}{c}_AP_dist_{d}": "higher" for c in nus_infos.CLASSES
+           for d in ("0.5", "1.0", "2.0", "4.0")},
+        **{f"{_NUS}{c}_{e}": "lower" for c in nus_infos.CLASSES for e in _NUS_ERRORS}},
 }
-PRIMARY = {"CocoMetric": "coco/bbox_mAP"}
+PRIMARY = {"CocoMetric": "coco/bbox_mAP", "NuScenesMetric": _NUS + "NDS"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +67,11 @@ class OpenMMLabConfig(WorkloadConfig):
     synth_min_side: int = 96
     synth_max_side: int = 224
     synth_seed: int = 0
+    # Synthetic nuScenes (NuScenesDataset configs): a v1.0-mini root at 1600x900 whose first
+    # scene is in mini_train and second in mini_val (the devkit's lists).
+    synth_scenes: int = 2
+    synth_samples_per_scene: int = 2
+    synth_objects_per_scene: int = 32
     # mmengine cfg-options: every --set key that is not a field above ("a.b=value").
     cfg_options: tuple[str, ...] = ()
 
@@ -84,6 +102,8 @@ class OpenMMLabWorkload(Workload):
             "cfg_options": list(self.config.cfg_options)}
         self._val: Any = None
         self._train: Any = None
+        self._ground_truth: dict[str, str] = {}
+        self._submission: str | None = None  # NuScenesMetric's results JSON, last evaluation
 
     def source_info(self) -> dict[str, Any]:
         from workloads.openmmlab.kernels import used_implementations
@@ -112,6 +132,8 @@ class OpenMMLabWorkload(Workload):
             source = str(data_root)
         moved = mmconfig.move_data_root(self.cfg, Path(data_root))
         self.provenance["data_paths_moved"] = moved
+        if self._dataset_type() == "NuScenesDataset":
+            from_data.update(self._nuscenes_infos(Path(data_root), cache_dir))
         ann = self._coco_ann_file("train_dataloader")
         user_classes = any("classes" in o.partition("=")[0] for o in self.config.cfg_options)
         if ann is not None and not user_classes:
@@ -123,6 +145,32 @@ class OpenMMLabWorkload(Workload):
         self._val = self._build_dataset("val_dataloader")
         return Datasets(train=self._train, val=self._val, collate=pseudo_collate,
                         source=source, from_data=from_data)
+
+    def _dataset_type(self) -> str:
+        return str((mmconfig.inner_dataset(self.cfg, "train_dataloader") or {}).get("type"))
+
+    def _nuscenes_infos(self, root: Path, cache_dir: Path) -> dict[str, str]:
+        """mmdet3d's info pickles of `root` (mmdet3d_infos.py, written into the root or the
+        cache), given to both datasets and the evaluator, with the root's version (the
+        dataset's class METAINFO says v1.0-trainval and wins over the pickle's)."""
+        version, paths = nus_infos.info_paths(root, cache_dir)
+        user = {o.partition("=")[0].strip() for o in self.config.cfg_options}
+        for loader, stem in (("train_dataloader", "train"), ("val_dataloader", "val"),
+                             ("test_dataloader", "val")):
+            ds = mmconfig.inner_dataset(self.cfg, loader)
+            if ds is None:
+                continue
+            if not any(k.startswith(loader) and k.endswith("ann_file") for k in user):
+                ds["ann_file"] = str(paths[stem])
+            ds["metainfo"] = {**dict(ds.get("metainfo") or {}), "version": version}
+        for key in ("val_evaluator", "test_evaluator"):
+            ev = self.cfg.get(key)
+            if isinstance(ev, dict) and f"{key}.ann_file" not in user:
+                ev["ann_file"] = str(paths["val"])
+        self._ground_truth = {"dataroot": str(root.resolve()), "version": version,
+                              "eval_set": nus_infos.EVAL_SET[version]}
+        self.provenance["infos"] = {k: str(v) for k, v in paths.items()}
+        return {"infos": str(paths["train"]), "version": str(root / version)}
 
     def _coco_ann_file(self, loader: str) -> Path | None:
         ds = mmconfig.inner_dataset(self.cfg, loader) or {}
@@ -155,13 +203,22 @@ class OpenMMLabWorkload(Workload):
         return dataset
 
     def _write_synthetic(self, cache_dir: Path) -> Path:
-        dataset_type = str((mmconfig.inner_dataset(self.cfg, "train_dataloader") or {}).get("type"))
+        dataset_type = self._dataset_type()
+        c = self.config
+        if dataset_type == "NuScenesDataset":
+            from workloads.datasets.nuscenes_synth import write_synthetic_nuscenes
+
+            name = (f"nuscenes-synth-v1.0-mini-seed{c.synth_seed}-{c.synth_scenes}x"
+                    f"{c.synth_samples_per_scene}-1600x900-obj{c.synth_objects_per_scene}")
+            return write_synthetic_nuscenes(
+                Path(cache_dir) / name, version="v1.0-mini", seed=c.synth_seed,
+                num_scenes=c.synth_scenes, samples_per_scene=c.synth_samples_per_scene,
+                image_size=(1600, 900), objects_per_scene=c.synth_objects_per_scene)
         if dataset_type != "CocoDataset":
             raise UsageError(f"no synthetic data for dataset type {dataset_type}: give --data "
                              f"a root in its format")
         from workloads.datasets.coco import SyntheticSpec, write_synthetic_coco
 
-        c = self.config
         spec = SyntheticSpec(num_classes=c.synth_num_classes, train_images=c.synth_train_images,
                              val_images=c.synth_val_images, min_side=c.synth_min_side,
                              max_side=c.synth_max_side, seed=c.synth_seed)
@@ -228,16 +285,33 @@ class OpenMMLabWorkload(Workload):
         return [o.cpu().to_dict() for o in outputs]
 
     def samples(self, batch: dict[str, Any]) -> int:
-        return len(batch["inputs"])
+        # mmdet's inputs are a list of images; mmdet3d's a dict of modalities
+        return len(batch["data_samples"])
 
     def evaluate(self, predictions: list[Any]) -> dict[str, float]:
         from mmengine.evaluator import Evaluator
 
-        evaluator = Evaluator(self.cfg.val_evaluator)
-        evaluator.dataset_meta = self._val.metainfo
-        evaluator.process(data_samples=predictions)
-        results = evaluator.evaluate(len(predictions))
-        metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+        spec = self.cfg.val_evaluator
+        nuscenes = isinstance(spec, dict) and spec.get("type") == "NuScenesMetric"
+        with tempfile.TemporaryDirectory(prefix="harness-nusc-") as tmp:
+            if nuscenes:
+                # the results JSON the metric writes is kept for write_predictions
+                spec = {**spec, "jsonfile_prefix": tmp}
+            evaluator = Evaluator(spec)
+            evaluator.dataset_meta = self._val.metainfo
+            evaluator.process(data_samples=predictions)
+            if nuscenes:
+                from workloads.openmmlab.mmdet3d_metric import nuscenes_metric_on_any_device
+
+                with nuscenes_metric_on_any_device():
+                    results = evaluator.evaluate(len(predictions))
+                submission = Path(tmp) / "pred_instances_3d" / "results_nusc.json"
+                self._submission = submission.read_text(encoding="utf-8")
+            else:
+                results = evaluator.evaluate(len(predictions))
+        # NaN: a TP error the devkit leaves undefined (a cone's heading): not a measurement
+        metrics = {k: float(v) for k, v in results.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
         if not metrics and not any(_detections(p) for p in predictions):
             # mmdet's CocoMetric returns nothing when no image has a detection (it logs
             # "results ... empty"); the AP of no detections is 0, and a record must say so.
@@ -246,7 +320,16 @@ class OpenMMLabWorkload(Workload):
 
     def write_predictions(self, predictions: list[Any], out_dir: Path) -> dict[str, Any] | None:
         """COCO-format configs: the detections as a COCO results JSON (what pycocotools'
-        loadRes reads), re-scorable with the official COCOeval."""
+        loadRes reads), re-scorable with the official COCOeval. NuScenesMetric configs: the
+        nuScenes detection submission the metric wrote and scored (evaluate()), which the
+        devkit's DetectionEval re-scores on `ground_truth`."""
+        if self._submission is not None:
+            path = Path(out_dir) / "results_nusc.json"
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(self._submission, encoding="utf-8")
+            os.replace(tmp, path)
+            return {"format": "nuscenes-detection", "path": str(path.resolve()), "split": "val",
+                    "ground_truth": dict(self._ground_truth)}
         if self._val is None or not hasattr(self._val, "cat_ids"):
             return None
         cat_ids = list(self._val.cat_ids)
