@@ -116,7 +116,7 @@ def signals_finish_the_step(progress: dict[str, Any], enabled: bool) -> Iterator
             raise KeyboardInterrupt
         raise RunInterrupted(f"{SIGNAL_STOP} {name}")
 
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
             # SIGINT is left to Python's KeyboardInterrupt where the step need not finish.
@@ -127,8 +127,8 @@ def signals_finish_the_step(progress: dict[str, Any], enabled: bool) -> Iterator
     try:
         yield
     finally:
-        for sig, handler_before in previous.items():
-            signal.signal(sig, handler_before)
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 class Job:
