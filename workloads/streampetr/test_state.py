@@ -25,7 +25,8 @@ def _losses(record: dict) -> list[dict]:
 
 def test_resume_restores_the_memory_queue(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                           harness_cache: Path) -> None:
-    """Killed after step 5 with checkpoints at 2 and 4: the resumed run's losses and metrics
+    """SIGTERM after step 3 (the run finishes step 4, a periodic step too, and stops there
+    with its checkpoint; checkpoints at 2 and 4): the resumed run's losses and metrics
     are the uninterrupted run's. One train scene of 6 frames in 2 sub-sequences of 3: step 5
     continues step 4's sub-sequence, so its loss depends on the restored queue (without
     load_state_dict the step-5 losses differ: the queue would start empty)."""
@@ -40,7 +41,7 @@ def test_resume_restores_the_memory_queue(monkeypatch: pytest.MonkeyPatch, tmp_p
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*args, "--out", str(whole)]) == 0
     monkeypatch.setenv("HARNESS_PLUGINS", "tests.tiny_workload,tests.test_resume")  # its SIGTERM hook
-    monkeypatch.setenv("RESUME_TEST_SIGTERM_AT", "5")
+    monkeypatch.setenv("RESUME_TEST_SIGTERM_AT", "3")
     plugins.get_plugin_manager.cache_clear()
     try:
         assert main([*args, "--out", str(cut)]) != 0
