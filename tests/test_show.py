@@ -60,7 +60,9 @@ def _assert_picture(png: Path, min_wh: tuple[int, int]) -> None:
     assert gt_green > 50, f"{png}: no ground truth (green) drawn"
 
 
-@pytest.mark.parametrize("workload", list(WORKLOADS))
+# streampetr's run is `slow` (CI budget, ~130 s): bevdepth's covers the nuScenes drawer.
+@pytest.mark.parametrize("workload", [pytest.param(w, marks=pytest.mark.slow)
+                                      if w == "streampetr" else w for w in WORKLOADS])
 def test_show_draws_a_real_run(workload: str, tmp_path: Path, cache: Path) -> None:
     pytest.importorskip(WORKLOADS[workload])
     run = _run(workload, tmp_path / workload, cache)
