@@ -152,3 +152,49 @@ def test_an_mmdet_config_trains_evaluates_and_its_predictions_rescore(
     ev.evaluate(), ev.accumulate(), ev.summarize()
     assert record["metrics"]["coco/bbox_mAP"] == pytest.approx(round(ev.stats[0], 3), abs=1e-9)
     assert record["primary_metric"] == "coco/bbox_mAP"
+
+
+def test_evaluate_and_the_predictions_file_agree_on_nonzero_ap(tmp_path: Path) -> None:
+    """Not 0 against 0: predictions made from the val ground truth (jittered, some dropped,
+    one false positive per image) score well above 0, and pycocotools' COCOeval of the
+    written file gives the evaluator's AP."""
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    config = _mmdet_config()
+    root = _coco_root(tmp_path, classes=3, seed=9)
+    from harness.config import RunConfig
+    from harness.prepare import resolve_workload
+
+    wl = resolve_workload(RunConfig(workload=f"mmdet:{config}"))
+    data = wl.datasets(root, tmp_path / "cache")
+    gt = COCO(str(root / "annotations" / "instances_val2017.json"))
+    label_of = {cid: i for i, cid in enumerate(data.val.cat_ids)}
+    rng = np.random.default_rng(0)
+    preds = []
+    for img_id in gt.getImgIds():
+        info = gt.imgs[img_id]
+        boxes, scores, labels = [], [], []
+        for ann in gt.loadAnns(gt.getAnnIds(imgIds=img_id)):
+            if rng.uniform() < 0.2:
+                continue  # a miss
+            x, y, w, h = ann["bbox"]
+            j = rng.normal(0, 2, 4)
+            boxes.append([x + j[0], y + j[1], x + w + j[2], y + h + j[3]])
+            scores.append(rng.uniform(0.3, 1.0))
+            labels.append(label_of[ann["category_id"]])
+        boxes.append([0, 0, 20, 20]), scores.append(0.9), labels.append(0)  # a false positive
+        preds.append({"img_id": img_id, "ori_shape": (info["height"], info["width"]),
+                      "pred_instances": {"bboxes": torch.tensor(boxes, dtype=torch.float32),
+                                         "scores": torch.tensor(scores, dtype=torch.float32),
+                                         "labels": torch.tensor(labels)}})
+    metrics = wl.evaluate(preds)
+    out = tmp_path / "pred"
+    out.mkdir()
+    written = wl.write_predictions(preds, out)
+    ev = COCOeval(gt, gt.loadRes(written["path"]), "bbox")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert 0.3 < metrics["coco/bbox_mAP"] < 0.99
+    assert metrics["coco/bbox_mAP"] == pytest.approx(round(ev.stats[0], 3), abs=1e-9)
+    assert metrics["coco/bbox_mAP_50"] == pytest.approx(round(ev.stats[1], 3), abs=1e-9)
