@@ -359,3 +359,18 @@ def write_synthetic_coco(cache_dir: Path, spec: SyntheticSpec) -> Path:
         _write_split(tmp, "val", spec.val_images, spec, cat_ids)
 
     return write_once(cache_dir, spec.dirname(), spec.identity(), fill, marker=MARKER)
+
+
+def to_coco_results(detections: Sequence[dict[str, Any]], label_to_cat: Sequence[int]
+                    ) -> list[dict[str, Any]]:
+    """Per-image xyxy detections with contiguous labels -> COCO result dicts (xywh, cat id)."""
+    results = []
+    for det in detections:
+        for (x1, y1, x2, y2), score, label in zip(det["bboxes"], det["scores"], det["labels"]):
+            results.append({
+                "image_id": int(det["image_id"]),
+                "category_id": int(label_to_cat[int(label)]),
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "score": float(score),
+            })
+    return results

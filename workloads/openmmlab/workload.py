@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,9 +22,11 @@ import torch
 from torch import nn
 
 from harness.api import Datasets, Workload
+from harness.atomic import atomic_write
 from harness.errors import DatasetError, UsageError
 from harness.sources import STACKS
 from harness.workload_config import WorkloadConfig
+from workloads.datasets.coco import to_coco_results
 from workloads.openmmlab import mmconfig
 from workloads.openmmlab import mmdet3d_infos as nus_infos
 from workloads.openmmlab.stack import activate
@@ -325,26 +326,18 @@ class OpenMMLabWorkload(Workload):
         devkit's DetectionEval re-scores on `ground_truth`."""
         if self._submission is not None:
             path = Path(out_dir) / "results_nusc.json"
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(self._submission, encoding="utf-8")
-            os.replace(tmp, path)
+            submission = self._submission
+            atomic_write(path, lambda tmp: Path(tmp).write_text(submission, encoding="utf-8"))
             return {"format": "nuscenes-detection", "path": str(path.resolve()), "split": "val",
                     "ground_truth": dict(self._ground_truth)}
         if self._val is None or not hasattr(self._val, "cat_ids"):
             return None
-        cat_ids = list(self._val.cat_ids)
-        results = []
-        for pred in predictions:
-            inst = pred["pred_instances"]
-            for box, score, label in zip(inst["bboxes"].tolist(), inst["scores"].tolist(),
-                                         inst["labels"].tolist()):
-                x1, y1, x2, y2 = box
-                results.append({"image_id": int(pred["img_id"]), "category_id": cat_ids[label],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+        dets = [{"image_id": p["img_id"], "bboxes": p["pred_instances"]["bboxes"].tolist(),
+                 "scores": p["pred_instances"]["scores"].tolist(),
+                 "labels": p["pred_instances"]["labels"].tolist()} for p in predictions]
+        results = to_coco_results(dets, list(self._val.cat_ids))
         path = Path(out_dir) / "detections_val_results.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(results), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(results), encoding="utf-8"))
         return {"format": "coco-results", "path": str(path.resolve()), "split": "val",
                 "ground_truth": str(Path(self._val.ann_file).resolve())}
 

@@ -7,27 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Sequence
+from typing import Any
+
+from workloads.datasets.coco import to_coco_results  # noqa: F401 - the workload's import
 
 # Order of COCOeval.stats for iouType="bbox".
 STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
 )
-
-
-def to_coco_results(detections: Sequence[dict[str, Any]], label_to_cat: Sequence[int]
-                    ) -> list[dict[str, Any]]:
-    """Per-image xyxy detections with contiguous labels -> COCO result dicts (xywh, cat id)."""
-    results = []
-    for det in detections:
-        for (x1, y1, x2, y2), score, label in zip(det["bboxes"], det["scores"], det["labels"]):
-            results.append({
-                "image_id": int(det["image_id"]),
-                "category_id": int(label_to_cat[int(label)]),
-                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                "score": float(score),
-            })
-    return results
 
 
 def coco_bbox_metrics(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
