@@ -30,6 +30,7 @@ from workloads.datasets.coco import to_coco_results
 from workloads.openmmlab import mmconfig
 from workloads.openmmlab import mmdet3d_infos as nus_infos
 from workloads.openmmlab.stack import activate
+from workloads.openmmlab.steps import SchedulerChain, normalise_losses
 
 # Metrics of the evaluators the tested configs use, and which way is better.
 # NuScenesMetric's keys: "<prefix>/<result name>_NuScenes/<name>" (mmdet3d 1.4's
@@ -346,47 +347,6 @@ def _detections(pred: dict[str, Any]) -> int:
     inst = pred.get("pred_instances") or pred.get("pred_instances_3d") or {}
     scores = inst.get("scores", inst.get("scores_3d")) if isinstance(inst, dict) else None
     return 0 if scores is None else int(len(scores))
-
-
-def normalise_losses(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """mmengine's rule: only keys containing 'loss' are summed into the loss; a per-level
-    list counts as the sum of its means; a tensor as its mean. Other entries (accuracies)
-    are not losses and are left out of the sum the harness takes."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if "loss" not in key:
-            continue
-        if isinstance(value, torch.Tensor):
-            out[key] = value.mean()
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
-            out[key] = torch.stack([v.mean() for v in value]).sum()
-        else:
-            raise TypeError(f"loss term {key} is {type(value).__name__}, not a tensor or a "
-                            f"list of tensors")
-    return out
-
-
-class SchedulerChain:
-    """mmengine parameter schedulers stepped together once per optimizer step (the runner
-    steps iteration-based ones per iteration; epoch-based ones were converted to
-    iteration-based with the epoch length), with one state dict for checkpoints."""
-
-    def __init__(self, schedulers: list[Any]) -> None:
-        self.schedulers = schedulers
-
-    def step(self) -> None:
-        for s in self.schedulers:
-            s.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"schedulers": [s.state_dict() for s in self.schedulers]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for s, sd in zip(self.schedulers, state["schedulers"]):
-            s.load_state_dict(sd)
-
-    def get_last_lr(self) -> list[float]:
-        return [float(v) for v in self.schedulers[-1].get_last_value()]
 
 
 def _peek(path: Path) -> Any:
