@@ -114,7 +114,7 @@ def _coco_root(tmp_path: Path, classes: int, seed: int) -> Path:
     from workloads.datasets.coco import SyntheticSpec, write_synthetic_coco
 
     spec = SyntheticSpec(num_classes=classes, train_images=12, val_images=6, seed=seed,
-                         min_side=120, max_side=200, category_ids=tuple(range(11, 11 + 5 * classes, 5)))
+                         min_side=480, max_side=640, category_ids=tuple(range(11, 11 + 5 * classes, 5)))
     return write_synthetic_coco(tmp_path / "data", spec)
 
 
